@@ -1,0 +1,32 @@
+"""Switchable Normalization for PyTorch.
+
+Luo, Ren, Peng, Zhang, Li: "Differentiable Learning-to-Normalize via Switchable
+Normalization", ICLR 2019. Depends on torch only.
+"""
+from .batchnorm import PerDeviceBatchNorm
+from .convert import convert, set_devices
+from .functional import KNOWN_STATS
+from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
+from .registry import NORMS, make_norm, norm_names
+from .stats import update_stats
+from .weights import param_groups, switch_norm_layers, switch_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KNOWN_STATS",
+    "NORMS",
+    "PerDeviceBatchNorm",
+    "SwitchNorm",
+    "SwitchNorm1d",
+    "SwitchNorm2d",
+    "SwitchNorm3d",
+    "convert",
+    "make_norm",
+    "norm_names",
+    "param_groups",
+    "set_devices",
+    "switch_norm_layers",
+    "switch_weights",
+    "update_stats",
+]
