@@ -80,7 +80,8 @@ def expand_devices(stat: Tensor, n: int) -> Tensor:
 
 
 def mix_statistics(
-    x3: Tensor,
+    mean_in: Tensor,
+    var_in: Tensor,
     mean_logits: Tensor,
     var_logits: Tensor,
     stats: Sequence[str],
@@ -90,10 +91,10 @@ def mix_statistics(
     bn_mean: Optional[Tensor] = None,
     bn_var: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
-    """The mixed mean and variance of Eqn. 3 for every (sample, channel).
+    """The mixed mean and variance of Eqn. 3 for every (sample, channel), from IN moments.
 
     Args:
-        x3: input viewed as ``(N, C, L)``, float32 or float64.
+        mean_in, var_in: ``(N, C)`` per-(sample, channel) mean and biased variance.
         mean_logits, var_logits: importance logits, one per entry of ``stats``.
         stats: names of the statistics mixed, out of ``KNOWN_STATS``.
         num_groups: groups of the GN statistics.
@@ -106,8 +107,7 @@ def mix_statistics(
         batch statistics ``(D, C)`` of the BN branch when they were computed from the batch
         (for the running averages), else ``None``.
     """
-    n, c, _ = x3.shape
-    mean_in, var_in = instance_moments(x3)
+    n, c = mean_in.shape
     means, variances, batch_bn = [], [], None
     for op in stats:
         if op == "in":
@@ -118,20 +118,176 @@ def mix_statistics(
             m, v = group_moments(mean_in, var_in, num_groups)
         elif op == "bn":
             if bn_mean is not None:
-                m, v = bn_mean.to(x3.dtype).unsqueeze(0), bn_var.to(x3.dtype).unsqueeze(0)
+                m, v = bn_mean.to(mean_in.dtype).unsqueeze(0), bn_var.to(mean_in.dtype).unsqueeze(0)
+            elif devices == 1:
+                m, v = pool_moments(mean_in, var_in, dim=0)  # (1, C)
+                batch_bn = (m.detach(), v.detach())
             else:
-                batch_bn = batch_moments(mean_in, var_in, devices)
-                m, v = expand_devices(batch_bn[0], n), expand_devices(batch_bn[1], n)
+                m, v = batch_moments(mean_in, var_in, devices)  # (D, C)
+                batch_bn = (m.detach(), v.detach())
+                m, v = expand_devices(m, n), expand_devices(v, n)
         else:  # validated by the module; a bug if reached
             raise AssertionError(f"unknown statistic {op!r}")
         means.append(m)
         variances.append(v)
-    w_mean = torch.softmax(mean_logits.to(x3.dtype), dim=0)
-    w_var = torch.softmax(var_logits.to(x3.dtype), dim=0)
-    mean = sum(w * m for w, m in zip(w_mean, means))
-    var = sum(w * v for w, v in zip(w_var, variances))
+    w_mean = torch.softmax(mean_logits.to(mean_in.dtype), dim=0)
+    w_var = torch.softmax(var_logits.to(mean_in.dtype), dim=0)
+    mean = means[0] * w_mean[0]
+    var = variances[0] * w_var[0]
+    for k in range(1, len(means)):
+        mean = mean + means[k] * w_mean[k]
+        var = var + variances[k] * w_var[k]
     return mean.expand(n, c), var.expand(n, c), batch_bn
 
+
+def fast_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
+    """Like :func:`instance_moments`, using the kernels that are fastest on CPU.
+
+    (``torch.var`` along the last dim is ~100x slower than a mean on some CPU builds.)
+    """
+    mean = x3.mean(dim=2)  # (N, C)
+    centered = x3 - mean.unsqueeze(2)
+    var = torch.linalg.vector_norm(centered, dim=2).square_().div_(x3.shape[2])
+    return mean, var
+
+
+def _affine_per_row(x3: Tensor, shift: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                    eps: float) -> Tensor:
+    """``(x - shift) / sqrt(var + eps) * weight + bias`` with ``(N, C)`` shift/var and
+    ``(N, C)``/``None`` weight and bias, in one pass: BatchNorm's inference kernel on the
+    ``(1, N*C, L)`` view, where every (sample, channel) row is a channel of its own.
+
+    Returns the ``(1, N*C, L)`` result (not a view, so it can leave an autograd Function)."""
+    n, c, l = x3.shape
+    # native_batch_norm directly: F.batch_norm's dispatch picks a ~4x slower CPU kernel for
+    # inputs that do not require grad
+    out, _, _ = torch.native_batch_norm(
+        x3.reshape(1, n * c, l),
+        None if weight is None else weight.reshape(n * c),
+        None if bias is None else bias.reshape(n * c),
+        shift.reshape(n * c),
+        var.reshape(n * c),
+        False,
+        0.0,
+        eps,
+    )
+    return out
+
+
+def _rows(param: Optional[Tensor], n: int, dtype) -> Optional[Tensor]:
+    """A ``(C,)`` parameter repeated for each of ``n`` samples: ``(N, C)``."""
+    return None if param is None else param.to(dtype).unsqueeze(0).expand(n, -1)
+
+
+class _FusedSwitchNorm(torch.autograd.Function):
+    """SN forward and backward in a few passes over the input, saving only the input.
+
+    Forward: per-(sample, channel) moments (two passes), the (N, C)-sized mixing of Eqn. 3-5
+    (a small autograd graph kept for the backward), one pass for the output.
+    Backward (the paper's Appendix, by rows): two reductions per (sample, channel),
+    ``sum(g)`` and ``sum(g * (x - mean_in))``, in one pass; gradients of the mixed mean and
+    variance; the small graph maps them to the logits and the IN moments; one pass writes
+    ``dx = a * g + b * (x - mean_in) + c`` with ``(N, C)`` coefficients.
+    """
+
+    @staticmethod
+    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config):
+        stats, num_groups, devices, bn_mean, bn_var, eps = config
+        n, c, l = x3.shape
+        mean_in, var_in = fast_moments(x3)
+        with torch.enable_grad():
+            leaves = [mean_in.detach().requires_grad_(), var_in.detach().requires_grad_()]
+            logits = [t.detach().requires_grad_() for t in (mean_logits, var_logits)]
+            mean, var, batch_bn = mix_statistics(
+                leaves[0], leaves[1], logits[0], logits[1], stats,
+                num_groups=num_groups, devices=devices, bn_mean=bn_mean, bn_var=bn_var,
+            )
+        out = _affine_per_row(x3, mean.detach(), var.detach(), _rows(weight, n, x3.dtype), _rows(bias, n, x3.dtype), eps)
+        ctx.save_for_backward(x3, weight)
+        ctx.graph = (leaves, logits, mean, var)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(*(batch_bn or ()))
+        return (out,) + (batch_bn or ())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, *unused):
+        x3, weight = ctx.saved_tensors
+        leaves, logits, graph_mean, graph_var = ctx.graph
+        mean_in = leaves[0].detach()
+        mean, var = graph_mean.detach(), graph_var.detach()
+        n, c, l = x3.shape
+        g = grad_out.contiguous().view(n, c, l)
+        ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
+        # per row: sum(g * (x - mean_in)) and sum(g), one pass (BatchNorm's backward reductions)
+        _, s_gx, s_g = torch.ops.aten.native_batch_norm_backward(
+            g.view(1, n * c, l), x3.view(1, n * c, l), None, None, None,
+            mean_in.reshape(n * c), ones, True, 0.0, [False, True, True],
+        )
+        s_gx, s_g = s_gx.view(n, c), s_g.view(n, c)
+        rstd = torch.rsqrt(var + ctx.eps)  # (N, C)
+        gamma = weight.to(x3.dtype).unsqueeze(0) if weight is not None else torch.ones_like(rstd[:1])
+        s_gxc = s_gx + (mean_in - mean) * s_g  # sum(g * (x - mean)) per row
+        d_mean = -(rstd * gamma) * s_g
+        d_var = -0.5 * rstd.pow(3) * gamma * s_gxc
+        wanted = leaves + [t for t, need in zip(logits, ctx.needs_input_grad[1:3]) if need]
+        grads = torch.autograd.grad((graph_mean, graph_var), wanted, (d_mean, d_var), allow_unused=True,
+                                    retain_graph=True)  # small; freed with ctx
+        d_mean_in, d_var_in = [torch.zeros_like(mean_in) if t is None else t for t in grads[:2]]
+        grad_logits = iter(grads[2:])
+        d_mean_logits = next(grad_logits) if ctx.needs_input_grad[1] else None
+        d_var_logits = next(grad_logits) if ctx.needs_input_grad[2] else None
+        d_x = None
+        if ctx.needs_input_grad[0]:
+            # dx = gamma*rstd*g + d_mean_in/L + 2/L*d_var_in*(x - mean_in)
+            d_x = _affine_per_row(x3, mean_in, torch.ones_like(mean_in), (2.0 / l) * d_var_in, d_mean_in / l, 0.0)
+            d_x.view(n, c, l).addcmul_(g, (gamma * rstd).unsqueeze(2))
+            d_x = d_x.view(n, c, l)
+        d_weight = (rstd * s_gxc).sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[3] else None
+        d_bias = s_g.sum(0).to(weight.dtype) if ctx.needs_input_grad[4] else None
+        return d_x, d_mean_logits, d_var_logits, d_weight, d_bias, None
+
+
+def switch_norm(
+    x3: Tensor,
+    mean_logits: Tensor,
+    var_logits: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    stats: Sequence[str],
+    *,
+    eps: float = 1e-5,
+    num_groups: int = 1,
+    devices: int = 1,
+    bn_mean: Optional[Tensor] = None,
+    bn_var: Optional[Tensor] = None,
+) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor]]]:
+    """SN on ``x3`` ``(N, C, L)`` (float32/float64): ``(output, per-device BN batch moments or None)``.
+
+    Uses the fused autograd function when a gradient is needed, a no-graph path otherwise.
+    Not twice differentiable; :func:`switch_norm_autograd` is (and is the readable reference).
+    """
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x3, mean_logits, var_logits, weight, bias)
+    )
+    if needs_grad:
+        config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
+        out, *batch_bn = _FusedSwitchNorm.apply(x3.contiguous(), mean_logits, var_logits, weight, bias, config)
+        return out, (tuple(batch_bn) if batch_bn else None)
+    n = x3.shape[0]
+    mean_in, var_in = fast_moments(x3)
+    mean, var, batch_bn = mix_statistics(mean_in, var_in, mean_logits, var_logits, stats, num_groups=num_groups,
+                                         devices=devices, bn_mean=bn_mean, bn_var=bn_var)
+    return _affine_per_row(x3, mean, var, _rows(weight, n, x3.dtype), _rows(bias, n, x3.dtype), eps), batch_bn
+
+
+def switch_norm_autograd(x3, mean_logits, var_logits, weight, bias, stats, *, eps=1e-5, num_groups=1, devices=1,
+                         bn_mean=None, bn_var=None):
+    """The same as :func:`switch_norm` in plain differentiable torch ops (slower, twice differentiable)."""
+    mean_in, var_in = instance_moments(x3)
+    mean, var, batch_bn = mix_statistics(mean_in, var_in, mean_logits, var_logits, stats, num_groups=num_groups,
+                                         devices=devices, bn_mean=bn_mean, bn_var=bn_var)
+    return normalize(x3, mean, var, weight, bias, eps), batch_bn
 
 def normalize(
     x3: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float

@@ -201,11 +201,14 @@ class SwitchNorm(nn.Module):
         n, c = input.shape[:2]
         x3 = input.reshape(n, c, -1).to(compute_dtype)  # (N, C, L)
         use_running = "bn" in self.stats and not self._uses_batch_bn()
-        mean, var, batch_bn = SNF.mix_statistics(
+        out, batch_bn = SNF.switch_norm(
             x3,
             self.mean_weight,
             self.var_weight,
+            self.weight,
+            self.bias,
             self.stats,
+            eps=self.eps,
             num_groups=self.num_groups or 1,
             devices=self.devices,
             bn_mean=self.running_mean if use_running else None,
@@ -213,7 +216,6 @@ class SwitchNorm(nn.Module):
         )
         if batch_bn is not None and self.training and self.track_running_stats:
             self._update_running_stats(*batch_bn, count=(n // self.devices) * x3.shape[2])
-        out = SNF.normalize(x3, mean, var, self.weight, self.bias, self.eps)
         return out.reshape(input.shape).to(input.dtype)
 
     @torch.no_grad()
