@@ -20,6 +20,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .mixing import Mixer
+
 KNOWN_STATS = ("in", "ln", "bn", "gn")
 
 
@@ -140,14 +142,29 @@ def mix_statistics(
     return mean.expand(n, c), var.expand(n, c), batch_bn
 
 
-def fast_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
-    """Like :func:`instance_moments`, using the kernels that are fastest on CPU.
+# One-pass moments are used where the mean is small against the spread: the rounding error of
+# E[x^2] - mean^2 relative to the variance is about (1 + mean^2 / var) ulps, so below this ratio
+# it is within ~20 ulps (well inside float32 accuracy of the output); above, two passes.
+ONE_PASS_MAX_RATIO = 16.0
 
-    (``torch.var`` along the last dim is ~100x slower than a mean on some CPU builds.)
+
+def fast_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
+    """Like :func:`instance_moments`, with the kernels that are fastest on CPU.
+
+    On CPU the variance comes from one pass (``vector_norm``, no temporary the size of the
+    input) whenever every row's ``mean^2 <= 16 * var``, which is exact to ~20 ulps; otherwise
+    (large offsets, constant rows, 1x1 maps) from the two-pass form. On GPUs, where the check
+    would synchronize, always two passes. (``torch.var`` along the last dim is ~100x slower
+    than a mean on some CPU builds, so it is not used.)
     """
+    l = x3.shape[2]
     mean = x3.mean(dim=2)  # (N, C)
+    if x3.device.type == "cpu":
+        var = torch.linalg.vector_norm(x3, dim=2).square_().div_(l).sub_(mean.square())
+        if bool((mean.square() <= ONE_PASS_MAX_RATIO * var).all()):
+            return mean, var
     centered = x3 - mean.unsqueeze(2)
-    var = torch.linalg.vector_norm(centered, dim=2).square_().div_(x3.shape[2])
+    var = torch.linalg.vector_norm(centered, dim=2).square_().div_(l)
     return mean, var
 
 
@@ -182,11 +199,11 @@ def _rows(param: Optional[Tensor], n: int, dtype) -> Optional[Tensor]:
 class _FusedSwitchNorm(torch.autograd.Function):
     """SN forward and backward in a few passes over the input, saving only the input.
 
-    Forward: per-(sample, channel) moments (two passes), the (N, C)-sized mixing of Eqn. 3-5
-    (a small autograd graph kept for the backward), one pass for the output.
-    Backward (the paper's Appendix, by rows): two reductions per (sample, channel),
+    Forward: per-(sample, channel) moments, the (N, C)-sized mixing of Eqn. 3-5
+    (:class:`sn.mixing.Mixer`), one pass for the output.
+    Backward (the paper's Appendix, by rows): the two reductions per (sample, channel),
     ``sum(g)`` and ``sum(g * (x - mean_in))``, in one pass; gradients of the mixed mean and
-    variance; the small graph maps them to the logits and the IN moments; one pass writes
+    variance; the mixer maps them to the logits and the IN moments; one pass writes
     ``dx = a * g + b * (x - mean_in) + c`` with ``(N, C)`` coefficients.
     """
 
@@ -195,17 +212,12 @@ class _FusedSwitchNorm(torch.autograd.Function):
         stats, num_groups, devices, bn_mean, bn_var, eps = config
         n, c, l = x3.shape
         mean_in, var_in = fast_moments(x3)
-        with torch.enable_grad():
-            leaves = [mean_in.detach().requires_grad_(), var_in.detach().requires_grad_()]
-            logits = [t.detach().requires_grad_() for t in (mean_logits, var_logits)]
-            mean, var, batch_bn = mix_statistics(
-                leaves[0], leaves[1], logits[0], logits[1], stats,
-                num_groups=num_groups, devices=devices, bn_mean=bn_mean, bn_var=bn_var,
-            )
-        out = _affine_per_row(x3, mean.detach(), var.detach(), _rows(weight, n, x3.dtype), _rows(bias, n, x3.dtype), eps)
+        mixer = Mixer(stats, n, c, num_groups, devices, bn_mean, bn_var)
+        mean, var, batch_bn = mixer.forward(mean_in, var_in, mean_logits, var_logits)
+        out = _affine_per_row(x3, mean, var, _rows(weight, n, x3.dtype), _rows(bias, n, x3.dtype), eps)
         ctx.save_for_backward(x3, weight)
-        ctx.graph = (leaves, logits, mean, var)
-        ctx.eps = eps
+        ctx.mixer, ctx.mean, ctx.var, ctx.eps = mixer, mean, var, eps
+        ctx.dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
         ctx.mark_non_differentiable(*(batch_bn or ()))
         return (out,) + (batch_bn or ())
 
@@ -213,9 +225,8 @@ class _FusedSwitchNorm(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, *unused):
         x3, weight = ctx.saved_tensors
-        leaves, logits, graph_mean, graph_var = ctx.graph
-        mean_in = leaves[0].detach()
-        mean, var = graph_mean.detach(), graph_var.detach()
+        mixer, mean, var = ctx.mixer, ctx.mean, ctx.var
+        mean_in = mixer.mean_in
         n, c, l = x3.shape
         g = grad_out.contiguous().view(n, c, l)
         ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
@@ -226,26 +237,20 @@ class _FusedSwitchNorm(torch.autograd.Function):
         )
         s_gx, s_g = s_gx.view(n, c), s_g.view(n, c)
         rstd = torch.rsqrt(var + ctx.eps)  # (N, C)
-        gamma = weight.to(x3.dtype).unsqueeze(0) if weight is not None else torch.ones_like(rstd[:1])
-        s_gxc = s_gx + (mean_in - mean) * s_g  # sum(g * (x - mean)) per row
-        d_mean = -(rstd * gamma) * s_g
-        d_var = -0.5 * rstd.pow(3) * gamma * s_gxc
-        wanted = leaves + [t for t, need in zip(logits, ctx.needs_input_grad[1:3]) if need]
-        grads = torch.autograd.grad((graph_mean, graph_var), wanted, (d_mean, d_var), allow_unused=True,
-                                    retain_graph=True)  # small; freed with ctx
-        d_mean_in, d_var_in = [torch.zeros_like(mean_in) if t is None else t for t in grads[:2]]
-        grad_logits = iter(grads[2:])
-        d_mean_logits = next(grad_logits) if ctx.needs_input_grad[1] else None
-        d_var_logits = next(grad_logits) if ctx.needs_input_grad[2] else None
+        gamma_rstd = rstd * weight.to(x3.dtype) if weight is not None else rstd
+        s_gxc = torch.addcmul(s_gx, mean_in - mean, s_g)  # sum(g * (x - mean)) per row
+        d_mean = -gamma_rstd * s_g
+        d_var = (-0.5 * gamma_rstd * rstd.square()) * s_gxc
+        d_mean_in, d_var_in, d_mean_logits, d_var_logits = mixer.backward(d_mean, d_var)
         d_x = None
         if ctx.needs_input_grad[0]:
             # dx = gamma*rstd*g + d_mean_in/L + 2/L*d_var_in*(x - mean_in)
             d_x = _affine_per_row(x3, mean_in, torch.ones_like(mean_in), (2.0 / l) * d_var_in, d_mean_in / l, 0.0)
-            d_x.view(n, c, l).addcmul_(g, (gamma * rstd).unsqueeze(2))
-            d_x = d_x.view(n, c, l)
-        d_weight = (rstd * s_gxc).sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[3] else None
-        d_bias = s_g.sum(0).to(weight.dtype) if ctx.needs_input_grad[4] else None
-        return d_x, d_mean_logits, d_var_logits, d_weight, d_bias, None
+            d_x = d_x.view(n, c, l).addcmul_(g, gamma_rstd.unsqueeze(2))
+        d_weight = (rstd * s_gxc).sum(0) if ctx.needs_input_grad[3] else None
+        d_bias = s_g.sum(0) if ctx.needs_input_grad[4] else None
+        grads = (d_x, d_mean_logits, d_var_logits, d_weight, d_bias)
+        return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)) + (None,)
 
 
 def switch_norm(
@@ -274,10 +279,10 @@ def switch_norm(
         config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
         out, *batch_bn = _FusedSwitchNorm.apply(x3.contiguous(), mean_logits, var_logits, weight, bias, config)
         return out, (tuple(batch_bn) if batch_bn else None)
-    n = x3.shape[0]
+    n, c, _ = x3.shape
     mean_in, var_in = fast_moments(x3)
-    mean, var, batch_bn = mix_statistics(mean_in, var_in, mean_logits, var_logits, stats, num_groups=num_groups,
-                                         devices=devices, bn_mean=bn_mean, bn_var=bn_var)
+    mixer = Mixer(stats, n, c, num_groups, devices, bn_mean, bn_var)
+    mean, var, batch_bn = mixer.forward(mean_in, var_in, mean_logits, var_logits)
     return _affine_per_row(x3, mean, var, _rows(weight, n, x3.dtype), _rows(bias, n, x3.dtype), eps), batch_bn
 
 
