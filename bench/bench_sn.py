@@ -44,6 +44,15 @@ LAYERS = {
 }
 
 
+def compiled(build):
+    """``build`` wrapped in ``torch.compile`` (fused kernels generated per shape)."""
+
+    def make(c):
+        return torch.compile(build(c))
+
+    return make
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -175,12 +184,17 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per figure (default 15)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ResNet figure")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure torch.compile'd BN and SN (slow to start: compiles per shape)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda given but no CUDA device is available")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# SwitchNorm2d vs BatchNorm2d on {name}, torch {torch.__version__}, float32, median of {args.repeats}")
+    if args.compile:
+        LAYERS["BatchNorm2d compiled"] = compiled(LAYERS["BatchNorm2d"])
+        LAYERS["SN autograd compiled"] = compiled(AutogradSN)
     rows = bench_layers(device, args.repeats)
     train = print_table(rows, "train", "time")
     evalr = print_table(rows, "eval", "time")

@@ -232,7 +232,7 @@ class _FusedSwitchNorm(torch.autograd.Function):
         ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
         # per row: sum(g * (x - mean_in)) and sum(g), one pass (BatchNorm's backward reductions)
         _, s_gx, s_g = torch.ops.aten.native_batch_norm_backward(
-            g.view(1, n * c, l), x3.view(1, n * c, l), None, None, None,
+            g.view(1, n * c, l), x3.view(1, n * c, l), ones, None, None,
             mean_in.reshape(n * c), ones, True, 0.0, [False, True, True],
         )
         s_gx, s_g = s_gx.view(n, c), s_g.view(n, c)

@@ -1,0 +1,54 @@
+"""The same layer on a GPU (skipped where there is none; run on a GPU machine when available)."""
+import pytest
+import torch
+
+import sn
+from sn_reference import reference_switch_norm
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("stats,devices", [(("in", "ln", "bn"), 1), (("in", "ln", "bn", "gn"), 4), (("ln", "gn"), 1)])
+def test_cuda_matches_cpu_outputs_and_gradients(stats, devices):
+    torch.manual_seed(0)
+    cpu = sn.SwitchNorm2d(32, stats=stats, devices=devices, num_groups=8 if "gn" in stats else None)
+    with torch.no_grad():
+        cpu.mean_weight.normal_(), cpu.var_weight.normal_(), cpu.weight.uniform_(0.5, 1.5), cpu.bias.normal_()
+    gpu = sn.SwitchNorm2d(32, stats=stats, devices=devices, num_groups=cpu.num_groups).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(8, 32, 9, 9) * 3 + 100
+    xc, xg = x.clone().requires_grad_(), x.cuda().requires_grad_()
+    out_c, out_g = cpu(xc), gpu(xg)
+    torch.testing.assert_close(out_g.cpu(), out_c, atol=1e-4, rtol=1e-4)
+    grad = torch.randn_like(out_c)
+    out_c.backward(grad), out_g.backward(grad.cuda())
+    torch.testing.assert_close(xg.grad.cpu(), xc.grad, atol=1e-4, rtol=1e-3)
+    for name, p in cpu.named_parameters():
+        torch.testing.assert_close(getattr(gpu, name).grad.cpu(), p.grad, atol=1e-3, rtol=1e-3, msg=name)
+    torch.testing.assert_close(gpu.running_var.cpu(), cpu.running_var, atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_large_offset_and_reference():
+    torch.manual_seed(1)
+    layer = sn.SwitchNorm2d(16).cuda()
+    x = (torch.randn(4, 16, 6, 6) + 1e4).cuda()
+    ref = reference_switch_norm(x.cpu(), layer.mean_weight.cpu(), layer.var_weight.cpu(), layer.stats,
+                                layer.weight.cpu(), layer.bias.cpu())
+    assert (layer(x).double().cpu() - ref).abs().max() < 4 * 1e4 * 2.0 ** -23 + 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_is_finite_and_close(dtype):
+    torch.manual_seed(2)
+    conv = torch.nn.Conv2d(8, 16, 3).cuda()
+    layer = sn.SwitchNorm2d(16).cuda()
+    x = torch.randn(4, 8, 12, 12, device="cuda") * 50 + 300
+    with torch.autocast("cuda", dtype=dtype):
+        h = conv(x)
+        out = layer(h)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    ref = reference_switch_norm(h.float().cpu(), layer.mean_weight.cpu(), layer.var_weight.cpu(), layer.stats,
+                                layer.weight.cpu(), layer.bias.cpu())
+    torch.testing.assert_close(out.double().cpu(), ref, atol=0.05, rtol=0.02)
+    out.float().sum().backward()
+    assert torch.isfinite(conv.weight.grad).all()
