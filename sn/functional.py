@@ -250,7 +250,7 @@ class _FusedSwitchNorm(torch.autograd.Function):
         d_weight = (rstd * s_gxc).sum(0) if ctx.needs_input_grad[3] else None
         d_bias = s_g.sum(0) if ctx.needs_input_grad[4] else None
         grads = (d_x, d_mean_logits, d_var_logits, d_weight, d_bias)
-        return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)) + (None,)
+        return tuple(g if g is None or g.dtype == dtype else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)) + (None,)
 
 
 def switch_norm(

@@ -65,8 +65,10 @@ class Mixer:
     def forward(self, mean_in: Tensor, var_in: Tensor, mean_logits: Tensor, var_logits: Tensor):
         """Returns ``(mean, var, batch_bn)`` as :func:`sn.functional.mix_statistics`."""
         dtype = mean_in.dtype
-        self.w_mean = torch.softmax(mean_logits.detach().to(dtype), 0)
-        self.w_var = torch.softmax(var_logits.detach().to(dtype), 0)
+        # the weights as Python floats: a handful of scalars, and scalar arithmetic saves
+        # dozens of tiny tensor ops per call (what dominates small inputs)
+        weights = torch.softmax(torch.stack([mean_logits.detach(), var_logits.detach()]).to(dtype), 1)
+        self.w_mean, self.w_var = weights.tolist()
         self.mean_in = mean_in
         self.means, self.vars = [], []  # per statistic, broadcastable to (N, C)
         batch_bn = None
@@ -74,44 +76,48 @@ class Mixer:
             if pool.op == "in":
                 m, v = mean_in, var_in
             elif pool.op == "bn" and self.fixed_bn is not None:
-                m, v = (t.to(dtype) for t in self.fixed_bn)
+                m, v = (t if t.dtype == dtype else t.to(dtype) for t in self.fixed_bn)
             else:
-                m = pool.unpool(pool.pool(mean_in))
-                v = pool.unpool(pool.pool(torch.addcmul(var_in, mean_in - m, mean_in - m)))
+                m = pool.pool(mean_in)
+                centered = mean_in - pool.unpool(m)
+                v = pool.pool(torch.addcmul(var_in, centered, centered))
                 if pool.op == "bn":
-                    batch_bn = (pool.pool(mean_in).reshape(-1, pool.c), pool.pool(v).reshape(-1, pool.c)) \
-                        if pool.d > 1 else (m.reshape(1, -1), v.reshape(1, -1))
+                    batch_bn = (m.reshape(-1, pool.c), v.reshape(-1, pool.c))
+                m, v = pool.unpool(m), pool.unpool(v)
             self.means.append(m)
             self.vars.append(v)
         mean = self.means[0] * self.w_mean[0]
         var = self.vars[0] * self.w_var[0]
         for k in range(1, len(self.stats)):
-            mean = mean + self.means[k] * self.w_mean[k]
-            var = var + self.vars[k] * self.w_var[k]
+            mean = mean.add(self.means[k], alpha=self.w_mean[k])
+            var = var.add(self.vars[k], alpha=self.w_var[k])
         n, c = mean_in.shape
         return mean.expand(n, c), var.expand(n, c), batch_bn
 
     @staticmethod
-    def _softmax_backward(w: Tensor, inner: Tensor) -> Tensor:
+    def _softmax_backward(w, inner: Tensor) -> Tensor:
         """Gradient of the logits from ``inner[k] = <d_out, stat_k>`` through ``w = softmax``."""
+        w = torch.tensor(w, dtype=inner.dtype, device=inner.device)
         return w * (inner - (w * inner).sum())
 
     def backward(self, d_mean: Tensor, d_var: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(d_mean_in, d_var_in, d_mean_logits, d_var_logits)`` from ``(N, C)`` gradients."""
         inner_mean = torch.stack([(d_mean * m).sum() for m in self.means])
         inner_var = torch.stack([(d_var * v).sum() for v in self.vars])
-        d_mean_in = torch.zeros_like(d_mean)
-        d_var_in = torch.zeros_like(d_var)
+        d_mean_in = d_var_in = None
         for k, pool in enumerate(self.pools):
             if pool.op == "bn" and self.fixed_bn is not None:
                 continue
             if pool.op == "in":
-                d_mean_in.add_(d_mean * self.w_mean[k])
-                d_var_in.add_(d_var * self.w_var[k])
-                continue
-            dm = pool.unpool(pool.pool(d_mean)) * self.w_mean[k]
-            dv = pool.unpool(pool.pool(d_var)) * self.w_var[k]
-            d_mean_in.add_(dm).addcmul_(self.mean_in - self.means[k], dv, value=2.0)
-            d_var_in.add_(dv)
-        return (d_mean_in, d_var_in, self._softmax_backward(self.w_mean, inner_mean),
-                self._softmax_backward(self.w_var, inner_var))
+                dm, dv = d_mean * self.w_mean[k], d_var * self.w_var[k]
+            else:
+                dm = pool.unpool(pool.pool(d_mean) * self.w_mean[k])
+                dv = pool.unpool(pool.pool(d_var) * self.w_var[k])
+                # the variance of a pooled set depends on the members' means too
+                dm = torch.addcmul(dm, self.mean_in - self.means[k], dv, value=2.0)
+            d_mean_in = dm if d_mean_in is None else d_mean_in + dm
+            d_var_in = dv if d_var_in is None else d_var_in + dv
+        if d_mean_in is None:  # only running BN statistics: the IN moments get no gradient
+            d_mean_in, d_var_in = torch.zeros_like(d_mean), torch.zeros_like(d_var)
+        return (d_mean_in.expand_as(d_mean), d_var_in.expand_as(d_var),
+                self._softmax_backward(self.w_mean, inner_mean), self._softmax_backward(self.w_var, inner_var))
