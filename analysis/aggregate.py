@@ -1,0 +1,139 @@
+"""Reductions of the tidy frames that the figures and tables share.
+
+The paper's weight histograms (Fig. 1(c), 3, 4) are "computed by averaging the importance
+weights of all SN layers in a network". Here: each run's weights at its last logged step,
+averaged over its SN layers, then over the runs of a group (each run counts once). Within a
+group, a layer without some op that other layers of the group have (e.g. ``sn-inln`` has no
+BN) counts that op as 0, so the averages of a group still sum to 1 per statistic.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+import pandas as pd
+
+OP_ORDER = ("in", "ln", "bn", "gn")
+STAT_ORDER = ("mean", "var")
+_BATCH_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+
+
+def parse_batch(batch: str) -> tuple[int, int]:
+    """``"8x2"`` -> ``(8, 2)`` (devices, samples per device); ``ValueError`` otherwise."""
+    match = _BATCH_RE.match(batch) if isinstance(batch, str) else None
+    if match is None:
+        raise ValueError(f"batch setting {batch!r} is not of the form 'GxS' (e.g. '8x2')")
+    return int(match.group(1)), int(match.group(2))
+
+
+def batch_sort_key(batch) -> tuple:
+    """Order batch settings as the paper's tables do: more devices first, then larger minibatches."""
+    try:
+        devices, samples = parse_batch(batch)
+    except ValueError:
+        return (1, 0, 0, str(batch))
+    return (0, -devices, -samples, "")
+
+
+def order_batches(values: Iterable) -> list:
+    """Distinct batch settings in :func:`batch_sort_key` order (missing values dropped)."""
+    return sorted({v for v in values if isinstance(v, str)}, key=batch_sort_key)
+
+
+def order_ops(values: Iterable[str]) -> list[str]:
+    """Distinct op names: in, ln, bn, gn first, any others after in name order."""
+    present = set(values)
+    known = [op for op in OP_ORDER if op in present]
+    return known + sorted(present - set(OP_ORDER))
+
+
+def layer_prefix(layer: str, depth: int = 1) -> str:
+    """The block a layer belongs to: its first ``depth`` dotted name parts.
+
+    ``layer_prefix("layer2.0.bn1") == "layer2"`` (a ResNet stage); a top-level name such as
+    ``"bn1"`` (the ResNet stem) is its own block.
+    """
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"depth must be a positive integer, got {depth!r}")
+    return ".".join(str(layer).split(".")[:depth])
+
+
+def add_blocks(weights: pd.DataFrame, block_of: Callable[[str], str] | int = 1) -> tuple[pd.DataFrame, list[str]]:
+    """Add a ``block`` column (``block_of(layer)``, or :func:`layer_prefix` at that depth).
+
+    Returns the new frame and the blocks in the order their first layer appears.
+    """
+    if isinstance(block_of, int) and not isinstance(block_of, bool):
+        depth = block_of
+        layer_prefix("x", depth)  # validates depth
+
+        def block_of(name: str) -> str:
+            return layer_prefix(name, depth)
+    elif not callable(block_of):
+        raise TypeError(f"block_of must be a function of the layer name or a depth, got {block_of!r}")
+    out = weights.copy()
+    out["block"] = [str(block_of(name)) for name in out["layer"]]
+    return out, list(dict.fromkeys(out["block"]))
+
+
+def final_weights(weights: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run's last complete logged step (the learned weights at the end).
+
+    A step counts as complete when it has as many rows as the run's fullest step, so a last
+    step cut short by a crash falls back to the step before it.
+    """
+    if weights.empty:
+        return weights.copy()
+    counts = weights.groupby(["run_id", "step"]).size()  # rows per (run, step)
+    full = counts.groupby(level="run_id").transform("max")
+    last = counts[counts.eq(full)].reset_index().groupby("run_id")["step"].max()
+    keep = weights["step"].eq(weights["run_id"].map(last))
+    return weights[keep].reset_index(drop=True)
+
+
+def average_weights(weights: pd.DataFrame, by: str | list[str], final: bool = True) -> pd.DataFrame:
+    """Average importance weights per group: over each run's layers, then over the runs.
+
+    ``by``: column(s) defining the groups (e.g. "task", "batch", "block"). With ``final``
+    only each run's last logged step is used. Returns columns ``[*by, stat, op, weight,
+    n_runs]``, one row per group x stat x op the group has.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    if not by:
+        raise ValueError("by must name at least one column")
+    missing = [c for c in by + ["run_id", "layer", "stat", "op", "weight"] if c not in weights.columns]
+    if missing:
+        raise ValueError(f"weights frame lacks column(s) {missing}")
+    data = final_weights(weights) if final else weights
+    out_columns = by + ["stat", "op", "weight", "n_runs"]
+    if data.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in out_columns})
+    index = list(dict.fromkeys(by + ["run_id", "layer", "stat"]))
+    wide = data.pivot_table(index=index, columns="op", values="weight", aggfunc="mean")  # (rows, ops)
+    # an op some layer of the group has, missing in another layer of it, counts as 0 there
+    present = wide.notna().groupby(level=by).transform("any")
+    wide = wide.mask(present & wide.isna(), 0.0)
+    per_run = wide.groupby(level=list(dict.fromkeys(by + ["run_id", "stat"]))).mean()
+    group_keys = by + ["stat"]
+    means = per_run.groupby(level=group_keys).mean()
+    counts = per_run.groupby(level=group_keys).size()
+    long = means.stack().rename("weight").reset_index()
+    long = long[long["weight"].notna()]  # an op no layer of the group has
+    long["n_runs"] = [counts[tuple(k)] for k in long[group_keys].itertuples(index=False)]
+    return _sorted(long[out_columns], by)
+
+
+def _sorted(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Rows ordered by group (batch settings in paper order), stat, then op order."""
+    def key(column: pd.Series) -> pd.Series:
+        if column.name == "batch":
+            return column.map(batch_sort_key)
+        if column.name == "op":
+            return column.map(lambda op: (OP_ORDER.index(op), "") if op in OP_ORDER else (9, op))
+        if column.name == "stat":
+            return column.map(lambda s: STAT_ORDER.index(s) if s in STAT_ORDER else 9)
+        return column
+    sort_cols = [c for c in by if c != "block"] + ["stat", "op"]
+    out = frame.sort_values(sort_cols, key=key, kind="stable") if sort_cols else frame
+    return out.reset_index(drop=True)

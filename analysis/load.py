@@ -1,0 +1,372 @@
+"""Load run directories into tidy pandas frames.
+
+A root holds ``<experiment>/<run>/`` directories (DESIGN.md, "Run directory"), each with
+``config.yaml``, ``summary.json``, ``metrics.csv`` and ``weights.csv``. :func:`load_runs`
+reads all of them into three frames:
+
+- ``runs``: one row per run: ``run_id`` ("experiment/run"), ``experiment``, ``run``, ``task``,
+  ``norm``, ``batch``, ``label`` (a short legend name), ``status``, ``started``, ``ended``,
+  ``wall_time_s``, ``error``, one ``final_<metric>`` column per final metric, ``path``, and every
+  config key (nested keys joined with ".", e.g. ``versions.torch``).
+- ``metrics``: ``step, epoch, split, name, value`` plus the run's identity columns.
+- ``weights``: ``step, epoch, layer, stat, op, weight`` plus the run's identity columns.
+
+A crash may leave a file cut mid-line, and runs may be running or failed: whatever cannot be
+read is skipped and described in ``RunData.warnings``; loading itself does not fail.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+FORMAT_VERSION = 1
+RUN_FILES = ("config.yaml", "summary.json", "metrics.csv", "weights.csv")
+SIGNATURE_FILES = RUN_FILES + ("architectures.jsonl",)
+ID_COLUMNS = ("run_id", "experiment", "run", "task", "norm", "batch", "label")
+METRIC_COLUMNS = ("step", "epoch", "split", "name", "value")
+WEIGHT_COLUMNS = ("step", "epoch", "layer", "stat", "op", "weight")
+ARCH_COLUMNS = ("epoch", "step", "arch", "val_acc")
+STATUSES = ("running", "finished", "failed")
+SUMMARY_FIELDS = ("status", "started", "ended", "wall_time_s", "error")
+
+
+class UnsupportedFormatError(ValueError):
+    """A run file written in a format version this code does not read."""
+
+
+@dataclass
+class RunData:
+    """Everything :func:`load_runs` read: three tidy frames and what it had to skip."""
+
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    weights: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_runs(root: str | os.PathLike = "runs", experiment: str | list[str] | None = None) -> RunData:
+    """Read every run under ``root`` (optionally only the named experiment(s)).
+
+    A root that does not exist gives empty frames and one warning; a root that is a file is a
+    ``ValueError``. ``root`` may also be a single experiment directory (runs directly below it).
+    """
+    root = _as_path(root, "root")
+    wanted = _experiment_filter(experiment)
+    if not root.exists():
+        return RunData(_empty_runs(), _empty(ID_COLUMNS + METRIC_COLUMNS), _empty(ID_COLUMNS + WEIGHT_COLUMNS),
+                       [f"no run directory {str(root)!r} yet"])
+    if not root.is_dir():
+        raise ValueError(f"root {str(root)!r} is not a directory")
+    rows, metric_frames, weight_frames, warnings = [], [], [], []
+    for exp_name, run_dir in find_run_dirs(root):
+        if wanted is not None and exp_name not in wanted:
+            continue
+        row, metrics, weights = _load_one(root, exp_name, run_dir, warnings)
+        if row is not None:
+            rows.append(row)
+            metric_frames.append(metrics)
+            weight_frames.append(weights)
+    runs = pd.DataFrame(rows) if rows else _empty_runs()
+    runs["label"] = make_labels(runs)
+    metrics = _attach_ids(metric_frames, runs, METRIC_COLUMNS)
+    weights = _attach_ids(weight_frames, runs, WEIGHT_COLUMNS)
+    return RunData(runs.reset_index(drop=True), metrics, weights, warnings)
+
+
+def find_run_dirs(root: Path) -> list[tuple[str, Path]]:
+    """``(experiment name, run directory)`` for every run below ``root``, sorted by path."""
+    found = []
+    for child in _subdirs(root):
+        if _is_run_dir(child):  # root is itself one experiment's directory
+            found.append((root.resolve().name, child))
+            continue
+        found.extend((child.name, run_dir) for run_dir in _subdirs(child) if _is_run_dir(run_dir))
+    return found
+
+
+def read_config(path: Path) -> dict:
+    """The run's config as a dict (``ValueError`` if it is not a YAML mapping)."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def read_summary(path: Path) -> dict:
+    """The run's summary; :class:`UnsupportedFormatError` for another ``format_version``."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"{path}: summary format_version {version!r} is not supported (this analysis reads "
+            f"format_version {FORMAT_VERSION}); use the suite version that wrote this run")
+    return data
+
+
+def read_csv_table(path: Path, columns: tuple[str, ...], ints=(), floats=()) -> tuple[pd.DataFrame, list[str]]:
+    """Read a CSV with a header naming at least ``columns``, tolerating damage.
+
+    A last line without its newline (a write cut by a crash) and rows that do not parse are
+    skipped and reported. ``ints`` columns must hold integers, ``floats`` columns numbers
+    (``nan``/``inf`` allowed; an empty ``epoch`` reads as NaN). Returns (frame, warnings).
+    """
+    lines, warnings = _complete_lines(path)
+    if not lines:
+        return _empty(columns), warnings
+    header = next(csv.reader([lines[0]]))
+    missing = [c for c in columns if c not in header]
+    if missing:
+        return _empty(columns), warnings + [f"{path}: header lacks {missing}, file skipped"]
+    where = {c: header.index(c) for c in columns}
+    records, bad = [], []
+    for lineno, row in enumerate(csv.reader(lines[1:]), start=2):
+        if not row:
+            continue
+        try:
+            if len(row) != len(header):
+                raise ValueError(f"{len(row)} fields, header has {len(header)}")
+            records.append(tuple(_convert(row[where[c]], c, ints, floats) for c in columns))
+        except ValueError:
+            bad.append(lineno)
+    if bad:
+        warnings.append(f"{path}: skipped {len(bad)} malformed line(s), first at line {bad[0]}")
+    frame = pd.DataFrame.from_records(records, columns=list(columns)) if records else _empty(columns)
+    return _typed(frame, ints, floats), warnings
+
+
+def read_architectures(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
+    """ENAS ``architectures.jsonl`` as a frame (epoch, step, arch, val_acc), tolerating damage."""
+    path = _as_path(run_dir, "run_dir") / "architectures.jsonl"
+    if not path.exists():
+        return _empty(ARCH_COLUMNS), []
+    lines, warnings = _complete_lines(path)
+    records, bad = [], []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            bad.append(lineno)
+            continue
+        arch = obj.get("arch")
+        records.append((obj.get("epoch"), obj.get("step"),
+                        arch if isinstance(arch, str) else json.dumps(arch), obj.get("val_acc")))
+    if bad:
+        warnings.append(f"{path}: skipped {len(bad)} malformed line(s), first at line {bad[0]}")
+    frame = pd.DataFrame.from_records(records, columns=list(ARCH_COLUMNS)) if records else _empty(ARCH_COLUMNS)
+    frame["val_acc"] = pd.to_numeric(frame["val_acc"], errors="coerce")
+    return frame, warnings
+
+
+def list_samples(run_dir: str | os.PathLike) -> list[Path]:
+    """The PNG files under the run's ``samples/`` folder, sorted by name."""
+    folder = _as_path(run_dir, "run_dir") / "samples"
+    return sorted(folder.glob("*.png")) if folder.is_dir() else []
+
+
+def files_signature(root: str | os.PathLike) -> tuple:
+    """``(relative path, mtime_ns, size)`` of every run file under ``root``: a cache key."""
+    root = _as_path(root, "root")
+    if not root.is_dir():
+        return ()
+    entries = []
+    for _, run_dir in find_run_dirs(root):
+        for name in SIGNATURE_FILES:
+            try:
+                stat = (run_dir / name).stat()
+            except OSError:
+                continue
+            entries.append((str((run_dir / name).relative_to(root)), stat.st_mtime_ns, stat.st_size))
+    return tuple(entries)
+
+
+def make_labels(runs: pd.DataFrame) -> pd.Series:
+    """Short legend names: the norm, plus the batch setting for classify; run name if ambiguous."""
+    if runs.empty:
+        return pd.Series([], dtype=object, index=runs.index)
+    show_batch = (runs["task"].eq("classify") & runs["batch"].notna()).tolist()
+    base = [(f"{n} {b}" if s else str(n)) if isinstance(n, str) else r
+            for n, b, s, r in zip(runs["norm"], runs["batch"], show_batch, runs["run"])]
+    counts = pd.Series(base).value_counts()
+    labels = [f"{b} ({r})" if counts[b] > 1 else b for b, r in zip(base, runs["run"])]
+    return pd.Series(labels, index=runs.index, dtype=object)
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict:
+    """Nested dict to one level with dotted keys; lists become JSON strings (hashable)."""
+    flat = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(list(value), default=str)
+        else:
+            flat[name] = value
+    return flat
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _load_one(root: Path, exp_name: str, run_dir: Path, warnings: list[str]):
+    """One run's (row, metrics, weights); row is None if the run must be skipped whole."""
+    config, summary = {}, {}
+    cfg_path, sum_path = run_dir / "config.yaml", run_dir / "summary.json"
+    if not cfg_path.exists():
+        warnings.append(f"{cfg_path}: missing")
+    else:
+        try:
+            config = read_config(cfg_path)
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            warnings.append(f"{cfg_path}: unreadable, config skipped ({_short(err)})")
+    if not sum_path.exists():
+        warnings.append(f"{sum_path}: missing, status unknown")
+    else:
+        try:
+            summary = read_summary(sum_path)
+        except UnsupportedFormatError as err:
+            warnings.append(f"{err}; run skipped")
+            return None, None, None
+        except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+            warnings.append(f"{sum_path}: unreadable, status unknown ({_short(err)})")
+    row = _run_row(root, exp_name, run_dir, config, summary, warnings)
+    metrics = _read_optional(run_dir / "metrics.csv", METRIC_COLUMNS, ("step",), ("epoch", "value"), warnings)
+    weights = _read_optional(run_dir / "weights.csv", WEIGHT_COLUMNS, ("step",), ("epoch", "weight"), warnings)
+    metrics["run_id"] = row["run_id"]
+    weights["run_id"] = row["run_id"]
+    return row, metrics, weights
+
+
+def _run_row(root, exp_name, run_dir, config, summary, warnings) -> dict:
+    """The flattened row of the runs frame for one run."""
+    row = {"run_id": f"{exp_name}/{run_dir.name}", "experiment": exp_name, "run": run_dir.name}
+    for key in ("task", "norm", "batch"):
+        value = config.get(key, summary.get(key))
+        row[key] = None if value is None else str(value)
+    status = summary.get("status", "unknown")
+    if summary and status not in STATUSES:
+        warnings.append(f"{run_dir / 'summary.json'}: unknown status {status!r}")
+    row.update({name: summary.get(name) for name in SUMMARY_FIELDS})
+    row["status"] = status
+    finals = summary.get("final") or {}
+    if isinstance(finals, dict):
+        row.update({f"final_{name}": _number_or_text(v) for name, v in finals.items()})
+    row["path"] = str(run_dir)
+    for key, value in flatten(config).items():
+        row.setdefault(key, value)
+    return row
+
+
+def _read_optional(path, columns, ints, floats, warnings) -> pd.DataFrame:
+    """A run's CSV file if it is there (its problems appended to ``warnings``), else no rows."""
+    if not path.exists():
+        return _empty(columns)
+    try:
+        frame, file_warnings = read_csv_table(path, columns, ints, floats)
+    except OSError as err:
+        frame, file_warnings = _empty(columns), [f"{path}: unreadable, skipped ({_short(err)})"]
+    warnings.extend(file_warnings)
+    return frame
+
+
+def _attach_ids(frames: list[pd.DataFrame], runs: pd.DataFrame, columns) -> pd.DataFrame:
+    """Concatenate per-run frames and add the identity columns of their run."""
+    frames = [f for f in frames if not f.empty]
+    ids = list(ID_COLUMNS)
+    if not frames:
+        return _empty(ids + list(columns))
+    data = pd.concat(frames, ignore_index=True)
+    data = data.merge(runs[ids], on="run_id", how="left")
+    return data[ids + list(columns)]
+
+
+def _complete_lines(path: Path) -> tuple[list[str], list[str]]:
+    """The file's lines, without a last line cut before its newline (reported)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        cut = lines.pop()
+        return lines, [f"{path}: last line cut off (crash mid-write?), skipped: {cut[:60]!r}"]
+    return lines, []
+
+
+def _convert(text: str, column: str, ints, floats):
+    text = text.strip()
+    if column in ints:
+        number = float(text)
+        if not number.is_integer():
+            raise ValueError(f"{column} {text!r} is not an integer")
+        return int(number)
+    if column in floats:
+        return math.nan if (text == "" and column == "epoch") else float(text)
+    if not text:
+        raise ValueError(f"empty {column}")
+    return text
+
+
+def _typed(frame: pd.DataFrame, ints, floats) -> pd.DataFrame:
+    for c in ints:
+        frame[c] = frame[c].astype("int64")
+    for c in floats:
+        frame[c] = frame[c].astype("float64")
+    return frame
+
+
+def _number_or_text(value):
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def _is_run_dir(path: Path) -> bool:
+    return any((path / name).is_file() for name in RUN_FILES)
+
+
+def _experiment_filter(experiment) -> set[str] | None:
+    if experiment is None:
+        return None
+    if isinstance(experiment, str):
+        return {experiment}
+    if isinstance(experiment, (list, tuple, set)) and all(isinstance(e, str) for e in experiment):
+        return set(experiment)
+    raise TypeError(f"experiment must be a name or a list of names, got {experiment!r}")
+
+
+def _as_path(value, what: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path, got {value!r}")
+    return Path(value)
+
+
+def _short(err: Exception) -> str:
+    return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+
+
+def _empty(columns) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+def _empty_runs() -> pd.DataFrame:
+    return _empty(("run_id", "experiment", "run", "task", "norm", "batch") + SUMMARY_FIELDS + ("path",))

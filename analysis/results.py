@@ -1,0 +1,56 @@
+"""Print the Table 2 analogue (accuracy % per norm x batch setting) from run directories.
+
+    python -m analysis.results --root runs --experiment table2-quick
+
+This is the classification task's results command. Warnings about skipped files go to
+stderr; the markdown table goes to stdout. Exit status 1 when there is nothing to tabulate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from analysis.load import load_runs
+from analysis.tables import accuracy_table, table_markdown
+
+CREATE_HINT = ("Create runs first, e.g.: python -m tasks.classify --experiment table2-quick "
+               "(or bash scripts/run.sh for all quick experiments)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.results", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="runs", help="root of the run directories (default: runs)")
+    parser.add_argument("--experiment", action="append", default=None,
+                        help="only this experiment (repeatable; default: all)")
+    parser.add_argument("--metric", default="test_acc",
+                        help="final metric to tabulate, a fraction 0..1 (default: test_acc)")
+    parser.add_argument("--eval-stats", choices=("batch_average", "moving_average"), default=None,
+                        help="only runs evaluated with these statistics (default: all)")
+    parser.add_argument("--digits", type=int, default=1, help="decimals shown (default: 1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load, tabulate and print; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        data = load_runs(args.root, experiment=args.experiment)
+        table = accuracy_table(data.runs, metric=args.metric, eval_stats=args.eval_stats)
+        text = table_markdown(table, digits=args.digits)
+    except (ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for warning in data.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if table.empty:
+        where = f"{args.root}" + (f" (experiment {', '.join(args.experiment)})" if args.experiment else "")
+        print(f"No finished classification runs under {where}.\n{CREATE_HINT}", file=sys.stderr)
+        return 1
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

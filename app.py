@@ -1,0 +1,213 @@
+"""Dashboard of Switchable Normalization runs: ``streamlit run app.py``.
+
+What SN learned (importance weights per task, batch setting, block and over training), what it
+bought (the Table 2 analogue, learning curves), and each run on its own. Reads the run
+directories under a root (default ``runs/``; the env var ``SN_RUNS_ROOT`` or the sidebar
+override it). Only widgets, caching and layout live here; loading, figures and tables are
+in ``analysis/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from analysis import figures, tables
+from analysis.aggregate import final_weights, order_batches
+from analysis.load import RunData, files_signature, list_samples, load_runs, read_architectures
+
+CREATE_COMMANDS = """\
+bash scripts/run.sh        # set up, run the quick experiments of all three tasks, open this dashboard
+# or one task at a time:
+python -m tasks.classify --experiment table2-quick
+python -m tasks.stylize --experiment stylize-quick
+python -m tasks.enas --experiment enas-quick"""
+RUN_COLUMNS = ["run_id", "task", "norm", "batch", "status", "wall_time_s"]
+
+
+@st.cache_data(show_spinner="Loading runs...")
+def load(root: str, signature: tuple) -> RunData:
+    """All runs under ``root``; ``signature`` (file paths, mtimes, sizes) keys the cache."""
+    return load_runs(root)
+
+
+def pick(label: str, options: list, key: str, help_text: str | None = None) -> list:
+    """A sidebar multiselect where an empty choice means all options."""
+    chosen = st.sidebar.multiselect(label, options, placeholder="All", help=help_text, key=key)
+    return [c for c in chosen if c in options] or list(options)
+
+
+def options_of(column: pd.Series) -> list:
+    """Distinct values of a column, missing values dropped, batch settings in paper order."""
+    values = [v for v in column.dropna().unique().tolist()]
+    return order_batches(values) if column.name == "batch" else sorted(values, key=str)
+
+
+def sidebar_filters(runs: pd.DataFrame) -> pd.DataFrame:
+    """Task, experiment, norm, batch, status and run filters; returns the selected runs.
+
+    Each filter offers the values of all runs (not only of those the other filters leave), so
+    that changing one filter never resets another.
+    """
+    st.sidebar.header("Filters")
+    keep = pd.Series(True, index=runs.index)
+    for column, label in (("task", "Tasks"), ("experiment", "Experiments"), ("norm", "Norms"),
+                          ("batch", "Batch settings"), ("status", "Status")):
+        options = options_of(runs[column])
+        if not options:
+            continue
+        chosen = pick(label, options, f"filter_{column}",
+                      "GxS: G devices with S samples each" if column == "batch" else None)
+        if len(chosen) < len(options):  # runs without a value (e.g. no batch) only pass "All"
+            keep &= runs[column].isin(chosen)
+    chosen_ids = pick("Runs", runs["run_id"].tolist(), "filter_runs")
+    return runs[keep & runs["run_id"].isin(chosen_ids)]
+
+
+def show_warnings(warnings: list[str]) -> None:
+    """Files skipped or cut off, in a collapsed sidebar box."""
+    if warnings:
+        with st.sidebar.expander(f"{len(warnings)} loading note(s)"):
+            for warning in warnings:
+                st.caption(warning)
+
+
+def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
+    """Fig. 1(c), Fig. 4 and Fig. 3 analogues for the selected runs."""
+    if weights.empty:
+        st.info("None of the selected runs logged importance weights (only SN runs do).")
+        return
+    st.subheader("Which normalizer each task chose (Fig. 1c)")
+    by = st.radio("Group by", ["task", "experiment"], horizontal=True)
+    st.plotly_chart(figures.fig_weights_by_task(weights, by=by), key="fig1c")
+    if weights["task"].eq("classify").any():
+        st.subheader("How the choice depends on the batch setting (Fig. 4)")
+        st.plotly_chart(figures.fig_weights_by_batch(weights), key="fig4")
+    st.subheader("Per block of the network (Fig. 3)")
+    layers = weights.groupby("run_id")["layer"].nunique().sort_values(ascending=False, kind="stable")
+    with_weights = layers.index.tolist()  # the deepest network first
+    run_id = st.selectbox("Run", with_weights, key="block_run")
+    depth = st.number_input("Block = first N parts of the layer name", 1, 6, 1, key="block_depth",
+                            help="1: 'layer2.0.bn1' belongs to block 'layer2' (a ResNet stage)")
+    st.plotly_chart(figures.fig_block_weights(weights[weights["run_id"].eq(run_id)], int(depth)), key="fig3")
+
+
+def tab_results(runs: pd.DataFrame, metrics: pd.DataFrame) -> None:
+    """Table 2 analogue, learning curves per task, and the runs table."""
+    tasks = set(runs["task"].dropna())
+    if "classify" in tasks:
+        st.subheader("Accuracy (%) per norm and batch setting (Table 2)")
+        left, right = st.columns(2)
+        metric = left.selectbox("Metric", ["test_acc", "best_val_acc"])
+        eval_stats = right.selectbox("Evaluation statistics", ["all", "batch_average", "moving_average"])
+        try:
+            table = tables.accuracy_table(runs, metric=metric, eval_stats=None if eval_stats == "all" else eval_stats)
+            st.markdown(tables.table_markdown(table))
+        except ValueError as err:
+            st.warning(str(err))
+        st.subheader("Learning curves (Fig. 2)")
+        split = st.radio("Split", ["val", "train"], horizontal=True)
+        st.plotly_chart(figures.fig_classify_curves(metrics, split=split), key="fig2")
+    if "stylize" in tasks:
+        st.subheader("Style and content losses (Fig. 6a)")
+        st.plotly_chart(figures.fig_stylize_losses(metrics), key="fig6a")
+    if "enas" in tasks:
+        st.subheader("Architecture search: validation accuracy (Fig. 6b)")
+        st.plotly_chart(figures.fig_enas_curves(metrics), key="fig6b")
+    st.subheader("Runs")
+    finals = [c for c in runs.columns if c.startswith("final_")]
+    shown = runs[RUN_COLUMNS + finals].dropna(axis=1, how="all")
+    st.dataframe(shown, hide_index=True, key="runs_table")
+
+
+def tab_single_run(runs: pd.DataFrame, metrics: pd.DataFrame, weights: pd.DataFrame) -> None:
+    """One run: status, config, curves, per-layer weights, samples, architectures."""
+    run_id = st.selectbox("Run", runs["run_id"].tolist(), key="single_run")
+    run = runs[runs["run_id"].eq(run_id)].iloc[0]
+    run_dir = Path(run["path"])
+    status = f"**{run_id}**: {run['task']} with `{run['norm']}`, status **{run['status']}**"
+    seconds = pd.to_numeric(run["wall_time_s"], errors="coerce")
+    st.markdown(status + (f", {seconds:.0f} s" if pd.notna(seconds) else ""))
+    if run["status"] == "failed":
+        st.warning(f"This run failed: {run['error']}")
+    finals = {c[len('final_'):]: run[c] for c in runs.columns if c.startswith("final_") and pd.notna(run[c])}
+    if finals:
+        st.dataframe(pd.DataFrame([finals]), hide_index=True, key="single_finals")
+    with st.expander("config.yaml"):
+        config = run_dir / "config.yaml"
+        st.code(config.read_text(encoding="utf-8") if config.exists() else "(missing)", language="yaml")
+    run_metrics = metrics[metrics["run_id"].eq(run_id)]
+    for split in [s for s in ("train", "val", "test") if s in set(run_metrics["split"])]:
+        names = list(dict.fromkeys(run_metrics.loc[run_metrics["split"].eq(split), "name"]))
+        if split == "test":
+            st.dataframe(run_metrics[run_metrics["split"].eq("test")][["step", "name", "value"]],
+                         hide_index=True, key="single_test")
+            continue
+        st.plotly_chart(figures.fig_learning_curves(run_metrics, names, split, title=f"{split} metrics"),
+                        key=f"single_{split}")
+    run_weights = weights[weights["run_id"].eq(run_id)]
+    if not run_weights.empty:
+        st.subheader("Importance weights per layer")
+        last = final_weights(run_weights).pivot_table(index="layer", columns=["stat", "op"], values="weight",
+                                                      sort=False)
+        st.dataframe(last.round(3), key="single_weights")
+        st.plotly_chart(figures.fig_weight_trajectories(run_weights), key="single_traj")
+    show_samples(run_dir)
+    show_architectures(run_dir)
+
+
+def show_samples(run_dir: Path, limit: int = 12) -> None:
+    """Stylized sample images (stylize runs write them under samples/)."""
+    samples = list_samples(run_dir)
+    if samples:
+        st.subheader(f"Stylized samples ({len(samples)})")
+        latest = samples[-limit:]
+        st.image([str(p) for p in latest], caption=[p.name for p in latest], width=256)
+
+
+def show_architectures(run_dir: Path) -> None:
+    """Architectures sampled by the ENAS controller (architectures.jsonl)."""
+    archs, warnings = read_architectures(run_dir)
+    if not archs.empty:
+        st.subheader("Sampled architectures")
+        st.dataframe(archs.sort_values("val_acc", ascending=False), hide_index=True, key="single_archs")
+    for warning in warnings:
+        st.caption(warning)
+
+
+def main() -> None:
+    """The page, top to bottom."""
+    st.set_page_config(page_title="Switchable Normalization", layout="wide")
+    st.title("Switchable Normalization: what it learned")
+    root = st.sidebar.text_input("Runs root directory", os.environ.get("SN_RUNS_ROOT", "runs"))
+    try:
+        data = load(root, files_signature(root))
+    except (ValueError, TypeError, OSError) as err:
+        st.error(f"Cannot read runs from {root!r}: {err}")
+        return
+    if data.runs.empty:
+        st.info(f"No runs under `{root}` yet. Create some (results land in `runs/`), then reload:")
+        st.code(CREATE_COMMANDS, language="bash")
+        return
+    show_warnings(data.warnings)
+    runs = sidebar_filters(data.runs)
+    st.sidebar.caption(f"{len(runs)} of {len(data.runs)} runs selected")
+    if runs.empty:
+        st.info("No runs match the filters.")
+        return
+    ids = set(runs["run_id"])
+    metrics = data.metrics[data.metrics["run_id"].isin(ids)]
+    weights = data.weights[data.weights["run_id"].isin(ids)]
+    weights_tab, results_tab, run_tab = st.tabs(["Importance weights", "Results", "Single run"])
+    with weights_tab:
+        tab_weights(runs, weights)
+    with results_tab:
+        tab_results(runs, metrics)
+    with run_tab:
+        tab_single_run(runs, metrics, weights)
+
+
+main()
