@@ -92,6 +92,7 @@ def mix_statistics(
     devices: int = 1,
     bn_mean: Optional[Tensor] = None,
     bn_var: Optional[Tensor] = None,
+    bn_reduce=None,
 ) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
     """The mixed mean and variance of Eqn. 3 for every (sample, channel), from IN moments.
 
@@ -103,6 +104,8 @@ def mix_statistics(
         devices: chunks for the BN statistics when they come from the batch.
         bn_mean, bn_var: ``(C,)`` statistics used for the BN branch instead of the batch's
             (running statistics in eval mode).
+        bn_reduce: ``f(mean, var) -> (mean, var)`` applied to the batch's ``(1, C)`` BN moments
+            (synchronized SN pools them across processes); only with ``devices=1``.
 
     Returns:
         ``(mean, var, batch_bn)``: mixed ``(N, C)`` mean and variance, and the per-device
@@ -123,6 +126,8 @@ def mix_statistics(
                 m, v = bn_mean.to(mean_in.dtype).unsqueeze(0), bn_var.to(mean_in.dtype).unsqueeze(0)
             elif devices == 1:
                 m, v = pool_moments(mean_in, var_in, dim=0)  # (1, C)
+                if bn_reduce is not None:
+                    m, v = bn_reduce(m, v)
                 batch_bn = (m.detach(), v.detach())
             else:
                 m, v = batch_moments(mean_in, var_in, devices)  # (D, C)
@@ -287,11 +292,12 @@ def switch_norm(
 
 
 def switch_norm_autograd(x3, mean_logits, var_logits, weight, bias, stats, *, eps=1e-5, num_groups=1, devices=1,
-                         bn_mean=None, bn_var=None):
-    """The same as :func:`switch_norm` in plain differentiable torch ops (slower, twice differentiable)."""
+                         bn_mean=None, bn_var=None, bn_reduce=None):
+    """The same as :func:`switch_norm` in plain differentiable torch ops (slower, twice
+    differentiable, and the path of synchronized SN through ``bn_reduce``)."""
     mean_in, var_in = instance_moments(x3)
     mean, var, batch_bn = mix_statistics(mean_in, var_in, mean_logits, var_logits, stats, num_groups=num_groups,
-                                         devices=devices, bn_mean=bn_mean, bn_var=bn_var)
+                                         devices=devices, bn_mean=bn_mean, bn_var=bn_var, bn_reduce=bn_reduce)
     return normalize(x3, mean, var, weight, bias, eps), batch_bn
 
 def normalize(

@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from . import distributed as SND
 from . import functional as SNF
 
 DEFAULT_GROUPS = 32
@@ -86,6 +87,10 @@ class SwitchNorm(nn.Module):
             Default: the largest divisor of ``num_features`` up to 32
         devices: number of equal chunks of the batch the BN statistics are computed in, to
             reproduce the paper's (#GPUs, samples per GPU) settings on one process. Default: 1
+        sync: compute the BN statistics over the whole batch of all processes of
+            ``process_group`` (synchronized SN; differentiable all-reduces, any backend: gloo,
+            NCCL). Without an initialised process group it changes nothing. Default: ``False``
+        process_group: the group ``sync`` reduces over. Default: the world
 
     Shape:
         - Input: :math:`(N, C, *)`
@@ -110,6 +115,8 @@ class SwitchNorm(nn.Module):
         stats: Optional[Sequence[str]] = None,
         num_groups: Optional[int] = None,
         devices: int = 1,
+        sync: bool = False,
+        process_group=None,
         device=None,
         dtype=None,
     ) -> None:
@@ -134,6 +141,12 @@ class SwitchNorm(nn.Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         self.devices = check_devices(devices)
+        if sync and "bn" not in self.stats:
+            raise ValueError(f"sync=True synchronizes BN statistics, but stats={self.stats} has no 'bn'")
+        if sync and devices != 1:
+            raise ValueError(f"sync=True pools the BN statistics of every process; it excludes devices={devices}")
+        self.sync = bool(sync)
+        self.process_group = process_group
         factory = {"device": device, "dtype": dtype}
         self.mean_weight = nn.Parameter(torch.empty(len(self.stats), **factory))
         self.var_weight = nn.Parameter(torch.empty(len(self.stats), **factory))
@@ -201,21 +214,29 @@ class SwitchNorm(nn.Module):
         n, c = input.shape[:2]
         x3 = input.reshape(n, c, -1).to(compute_dtype)  # (N, C, L)
         use_running = "bn" in self.stats and not self._uses_batch_bn()
-        out, batch_bn = SNF.switch_norm(
-            x3,
-            self.mean_weight,
-            self.var_weight,
-            self.weight,
-            self.bias,
-            self.stats,
+        kwargs = dict(
             eps=self.eps,
             num_groups=self.num_groups or 1,
             devices=self.devices,
             bn_mean=self.running_mean if use_running else None,
             bn_var=self.running_var if use_running else None,
         )
+        count = (n // self.devices) * x3.shape[2]  # elements per channel in one BN chunk
+        world = SND.group_size(self.process_group) if self.sync and not use_running else 1
+        if world > 1:
+            group = self.process_group
+
+            def reduce(mean, var):
+                return SND.sync_moments(mean, var, count, group)
+
+            out, batch_bn = SNF.switch_norm_autograd(x3, self.mean_weight, self.var_weight, self.weight, self.bias,
+                                                     self.stats, bn_reduce=reduce, **kwargs)
+            count *= world  # equal batches per process, as DDP gives
+        else:
+            out, batch_bn = SNF.switch_norm(x3, self.mean_weight, self.var_weight, self.weight, self.bias,
+                                            self.stats, **kwargs)
         if batch_bn is not None and self.training and self.track_running_stats:
-            self._update_running_stats(*batch_bn, count=(n // self.devices) * x3.shape[2])
+            self._update_running_stats(*batch_bn, count=count)
         return out.reshape(input.shape).to(input.dtype)
 
     @torch.no_grad()
@@ -244,6 +265,8 @@ class SwitchNorm(nn.Module):
             s += f", num_groups={self.num_groups}"
         if self.devices != 1:
             s += f", devices={self.devices}"
+        if self.sync:
+            s += ", sync=True"
         return s
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):

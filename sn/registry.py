@@ -29,9 +29,9 @@ def _in(c, dim, affine=True, **kw):
     return _IN_CLASSES[dim](c, affine=affine, **kw)
 
 
-def _sn(stats):
+def _sn(stats, **fixed):
     def build(c, dim, **kw):
-        return _SN_CLASSES[dim](c, stats=stats, **kw)
+        return _SN_CLASSES[dim](c, stats=stats, **fixed, **kw)
 
     build.stats = stats
     return build
@@ -54,11 +54,14 @@ NORMS: Dict[str, Callable[..., nn.Module]] = {
     "sn-lngn": _sn(("ln", "gn")),  # the paper's LSTM controller mixture (Sec. 4.4)
     "sn-lnbn": _sn(("ln", "bn")),  # the published SwitchNorm1d mixture for FC features
     "sn-all": _sn(("in", "ln", "bn", "gn")),
+    "sn-sync": _sn(("in", "ln", "bn"), sync=True),  # BN statistics over all processes (DDP)
     "none": _none,
 }
 
 # norms whose training statistics span the batch, so `devices` (per-device chunks) applies
 BATCH_NORMS = frozenset(name for name, build in NORMS.items() if name == "bn" or "bn" in getattr(build, "stats", ()))
+# synchronized norms pool the whole batch of every process: per-device chunks do not apply
+SYNC_NORMS = frozenset({"sn-sync"})
 
 
 def norm_names():
@@ -73,7 +76,8 @@ def make_norm(name: str, num_features: int, *, dim: int = 2, devices: int = 1, *
         name: one of :func:`norm_names`: ``bn`` (BatchNorm with per-device statistics), ``gn``
             (GroupNorm, ``num_groups`` default up to 32), ``in`` (InstanceNorm, affine), ``ln``
             (LayerNorm over (C, *) with a per-channel affine, i.e. GroupNorm(1, C)), ``sn``
-            (IN+LN+BN), ``sn-inln``, ``sn-lngn``, ``sn-lnbn``, ``sn-all`` (IN+LN+BN+GN), ``none``.
+            (IN+LN+BN), ``sn-inln``, ``sn-lngn``, ``sn-lnbn``, ``sn-all`` (IN+LN+BN+GN), ``sn-sync``
+            (IN+LN+BN with BN statistics synchronized across processes), ``none``.
         num_features: number of channels.
         dim: spatial rank of the features: 1 for ``(N, C)``/``(N, C, L)``, 2 for images, 3 for volumes.
         devices: per-device chunks of the batch statistics (``bn`` and SN variants with BN);
@@ -89,6 +93,8 @@ def make_norm(name: str, num_features: int, *, dim: int = 2, devices: int = 1, *
         raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
     name = name.lower()
     check_devices(devices)
-    if name in BATCH_NORMS:
+    if name in SYNC_NORMS and devices != 1:
+        raise ValueError(f"norm {name!r} synchronizes BN statistics across processes; it excludes devices={devices}")
+    if name in BATCH_NORMS and name not in SYNC_NORMS:
         kw["devices"] = devices
     return NORMS[name](num_features, dim, **kw)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .distributed import average_running_stats
 from .layers import SwitchNorm
 
 
@@ -51,6 +52,8 @@ def update_stats(
     every plain BatchNorm layer. The rest of the model stays in eval mode (dropout off) while
     the norm layers compute batch statistics (in their per-device chunks); nothing is learned.
     Modes and momenta are restored afterwards, and on error the running statistics too.
+    Under DDP (an initialised process group) every process feeds its own ``num_batches``
+    batches and the averages are then averaged over the processes, so all hold the same.
 
     Args:
         model: the trained model.
@@ -87,6 +90,7 @@ def update_stats(
             fed += 1
         if fed < num_batches:
             raise ValueError(f"update_stats needs num_batches={num_batches} batches but the iterable gave only {fed}")
+        average_running_stats(layers)  # under DDP: the average over every process's batches
         ok = True
     finally:
         for m, momentum in zip(layers, momenta):

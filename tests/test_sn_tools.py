@@ -14,7 +14,7 @@ from sn_reference import one_hot_logits, reference_switch_norm
 @pytest.mark.parametrize("dim,shape", [(1, (4, 8, 5)), (2, (4, 8, 5, 5)), (3, (4, 8, 2, 3, 3))])
 def test_every_registered_norm_builds_and_normalizes(name, dim, shape):
     torch.manual_seed(0)
-    norm = sn.make_norm(name, 8, dim=dim, devices=2)
+    norm = sn.make_norm(name, 8, dim=dim, devices=1 if name == "sn-sync" else 2)
     x = torch.randn(shape) * 3 + 5
     out = norm(x)
     assert out.shape == x.shape
@@ -54,6 +54,10 @@ def test_registry_errors():
         sn.make_norm("sn", 8, dim=4)
     with pytest.raises(ValueError, match="devices"):
         sn.make_norm("gn", 8, devices=0)
+    with pytest.raises(ValueError, match="sn-sync.*devices=4"):
+        sn.make_norm("sn-sync", 8, devices=4)
+    with pytest.raises(ValueError, match="no 'bn'"):
+        sn.SwitchNorm2d(8, stats=("in", "ln"), sync=True)
 
 
 # ---------------------------------------------------------------- convert

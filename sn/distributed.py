@@ -1,0 +1,66 @@
+"""BN-branch statistics across processes: synchronized SN and batch averages under DDP."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def group_size(group=None) -> int:
+    """World size of ``group``, or 1 when no process group is initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of every process's input is the sum of all processes'
+    output gradients (each process's loss depends on the reduced value), as in SyncBatchNorm."""
+
+    @staticmethod
+    def forward(ctx, tensor, group):
+        ctx.group = group
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
+    """Differentiable sum over the processes of ``group``."""
+    return _AllReduceSum.apply(tensor, group)
+
+
+def sync_moments(mean: Tensor, var: Tensor, count: int, group=None) -> Tuple[Tensor, Tensor]:
+    """Pool per-process moments ``(1, C)`` of ``count`` elements per channel into global ones.
+
+    Stable (parallel-variance) form, exact for unequal counts::
+
+        M = sum_p n_p m_p / N,   V = sum_p n_p (v_p + (m_p - M)^2) / N
+
+    Two all-reduces, both differentiable.
+    """
+    n = torch.tensor([float(count)], dtype=mean.dtype, device=mean.device)
+    total = all_reduce_sum(torch.cat([n, (mean * count).reshape(-1)]), group)  # (1 + C,)
+    global_mean = (total[1:] / total[0]).reshape(mean.shape)
+    spread = all_reduce_sum(((var + (mean - global_mean).square()) * count).reshape(-1), group)
+    return global_mean, (spread / total[0]).reshape(var.shape)
+
+
+@torch.no_grad()
+def average_running_stats(modules, group=None) -> None:
+    """Average ``running_mean``/``running_var`` of ``modules`` over the processes (no-op alone)."""
+    world = group_size(group)
+    if world == 1:
+        return
+    for m in modules:
+        for buf in (m.running_mean, m.running_var):
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+            buf.div_(world)
