@@ -84,9 +84,20 @@ def saved_bytes(layer, x):
     return sum(seen.values())
 
 
-def bench_layers(device, repeats, dtype=torch.float32):
+def parse_shapes(text):
+    """``"8x64x56,2x64x56"`` -> [(8, 64, 56), (2, 64, 56)] (N x C x H=W)."""
+    try:
+        shapes = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(f"shapes must look like 8x64x56,2x64x56 (N x C x H=W), got {text!r}")
+    return shapes
+
+
+def bench_layers(device, repeats, shapes=SHAPES, dtype=torch.float32):
     rows = []
-    for n, c, hw in SHAPES:
+    for n, c, hw in shapes:
         x = torch.randn(n, c, hw, hw, device=device, dtype=dtype)
         grad = torch.randn_like(x)
         xg = x.clone().requires_grad_()
@@ -183,6 +194,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per figure (default 15)")
+    parser.add_argument("--shapes", type=parse_shapes, default=SHAPES,
+                        help="N x C x H=W shapes, comma-separated (default: the five of issue #8)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ResNet figure")
     parser.add_argument("--compile", action="store_true",
                         help="also measure torch.compile'd BN and SN (slow to start: compiles per shape)")
@@ -195,7 +208,7 @@ def main(argv=None):
     if args.compile:
         LAYERS["BatchNorm2d compiled"] = compiled(LAYERS["BatchNorm2d"])
         LAYERS["SN autograd compiled"] = compiled(AutogradSN)
-    rows = bench_layers(device, args.repeats)
+    rows = bench_layers(device, args.repeats, args.shapes)
     train = print_table(rows, "train", "time")
     evalr = print_table(rows, "eval", "time")
     memory = print_table(rows, "memory", "memory")
