@@ -163,6 +163,8 @@ def fast_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
     than a mean on some CPU builds, so it is not used.)
     """
     l = x3.shape[2]
+    if l == 1:  # (N, C) features: each row is one value
+        return x3[:, :, 0], torch.zeros_like(x3[:, :, 0])
     mean = x3.mean(dim=2)  # (N, C)
     if x3.device.type == "cpu":
         var = torch.linalg.vector_norm(x3, dim=2).square_().div_(l).sub_(mean.square())
