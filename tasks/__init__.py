@@ -1,0 +1,16 @@
+"""The paper's experiments as Lightning tasks: ``python -m tasks.<name>``.
+
+- ``tasks.classify``: image classification under batch settings (Table 2, Fig. 2, Fig. 4).
+- ``tasks.common``: what every task shares (configs, run directories, loggers, data, runner).
+
+Each task module exports ``TASK`` (a :class:`tasks.common.runner.Task`) and runs
+:func:`tasks.common.runner.main` when executed. Layering: ``tasks`` imports ``sn``, never
+``analysis``.
+"""
+import os as _os
+
+# On a machine shared with other busy processes, OpenMP threads that spin while waiting make
+# torch's CPU kernels tens of times slower; passive waiting costs little when the machine is
+# idle. Must be set before torch loads its OpenMP runtime (``python -m tasks.X`` imports this
+# package first). A value the user set wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
