@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: set everything up on a fresh machine, demonstrate the library, run the quick
-# experiments of all three tasks (about 1.5 hours on 2 CPU cores; finished runs are skipped
+# experiments of all three tasks (about 1 h 15 min on 2 CPU cores; finished runs are skipped
 # when this is run again), then serve the dashboard on them.
 #   SN_SKIP_EXPERIMENTS=1 bash scripts/run.sh   # only the demo and the dashboard
 #   SN_RUNS_ROOT=/path bash scripts/run.sh      # where run directories go (default runs/)

@@ -1,6 +1,8 @@
 """The paper's experiments as Lightning tasks: ``python -m tasks.<name>``.
 
 - ``tasks.classify``: image classification under batch settings (Table 2, Fig. 2, Fig. 4).
+- ``tasks.stylize``: feed-forward style transfer with VGG16 perceptual losses (Fig. 6a, Fig. 9).
+- ``tasks.enas``: ENAS macro search with an LSTM controller normalized by LN, GN or SN (Fig. 6b).
 - ``tasks.common``: what every task shares (configs, run directories, loggers, data, runner).
 
 Each task module exports ``TASK`` (a :class:`tasks.common.runner.Task`) and runs
