@@ -4,6 +4,7 @@
     python -m tasks.enas --controller-norm gn --epochs 5  # --controller-norm is --norm
     python -m tasks.enas --experiment enas-quick          # ln, gn and sn with identical seeds
     python -m tasks.enas --help                           # every config key
+    python -m tasks.enas --experiment enas --accelerator gpu --devices 4 --strategy ddp  # 4 GPUs
 
 ENAS (Pham et al. 2018), macro search space, scaled to a CPU: the controller
 (:mod:`tasks.enas_controller`, an LSTM whose cell is normalized by ``none``, ``ln``, ``gn`` or
@@ -21,12 +22,26 @@ ENAS (Pham et al. 2018), macro search space, scaled to a CPU: the controller
 Both kinds of steps are Lightning training steps (the loader yields training batches, then
 validation batches), so every logged row has its own ``step``. Besides the run directory of
 DESIGN.md, ``architectures.jsonl`` holds every evaluated architecture with its accuracy.
+
+Several processes (Lightning DDP: ``--strategy ddp --devices N [--num-nodes M]``; ``ddp`` is
+run with ``find_unused_parameters=True``, since every step leaves parameters without a
+gradient). ``child_batch`` and ``reward_batch`` stay the global batch of a step, split evenly
+over the processes (each must be a multiple of the process count). Child steps: rank 0
+samples the architecture and every process trains it on its share. Controller steps: every
+process samples its own ``controller_samples`` architectures (ranks draw from differently
+seeded generators) and rewards them on its share of the validation batch; the EMA baseline
+walks through the rewards of all processes (gathered, rank-major), so it stays identical
+everywhere, and DDP's gradient averaging makes the update the mean over all
+``world_size * controller_samples`` samples. Evaluation: rank 0 samples the ``eval_archs``
+architectures, every process scores them on its share of the ``eval_size`` images, and the
+correct counts are summed. Rank zero alone writes the run directory.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -35,14 +50,14 @@ from typing import Dict, List, Optional, Tuple
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.strategies import DDPStrategy, StrategyRegistry
 
 from .common.config import RunConfig
 from .common.rundir import atomic_write_text, is_rank_zero
 from .common.runner import Task, build_trainer, checkpoint_step, main
 from .enas_child import ChildNet, accuracy
-from .enas_controller import (CONTROLLER_NORMS, Controller, arch_to_str, check_sn_stats, reinforce_loss,
-                              update_baseline)
-from .enas_data import DATASETS, EnasData, build_data
+from .enas_controller import CONTROLLER_NORMS, Controller, arch_to_str, check_sn_stats, reinforce_loss, walk_baseline
+from .enas_data import DATASETS, EnasData, build_data, check_world_size
 
 ARCHITECTURES_FILE = "architectures.jsonl"
 
@@ -69,7 +84,7 @@ class EnasConfig(RunConfig):
     child_dropout: float = 0.1       # before the child's classifier
     stem_stride: int = 2             # stride of the child's stem (2: searched layers at 14x14)
     child_steps: int = 100           # child SGD steps per epoch (one sampled arch each)
-    child_batch: int = 64            # training images per child step
+    child_batch: int = 64            # training images per child step (global: split over DDP processes)
     child_lr: float = 0.05           # SGD learning rate, cosine to child_lr_min over the run
     child_lr_min: float = 0.001      # final learning rate
     child_momentum: float = 0.9      # SGD (Nesterov) momentum
@@ -79,7 +94,7 @@ class EnasConfig(RunConfig):
     controller_hidden: int = 64      # LSTM hidden size
     controller_steps: int = 20       # controller steps per epoch
     controller_samples: int = 4      # architectures per controller step (ENAS's num_aggregate)
-    reward_batch: int = 128          # validation images per controller step
+    reward_batch: int = 128          # validation images per controller step (global: split over processes)
     controller_lr: float = 0.0035    # Adam (beta1 = 0, eps = 1e-3, as ENAS)
     tanh_constant: Optional[float] = 1.5  # logits -> c * tanh(logits / temperature) (none: off)
     temperature: Optional[float] = None   # logit temperature (none: off, as ENAS macro search)
@@ -115,13 +130,37 @@ class EnasConfig(RunConfig):
         if not 0 <= self.child_dropout < 1 or not 0 <= self.baseline_decay < 1:
             raise ValueError(f"child_dropout={self.child_dropout!r} and baseline_decay={self.baseline_decay!r} "
                              "must be in [0, 1)")
-        if self.devices not in (1, "1") or self.num_nodes != 1 or "ddp" in self.strategy:
-            raise ValueError(f"ENAS runs in one process (devices={self.devices!r}, num_nodes={self.num_nodes!r}, "
-                             f"strategy={self.strategy!r}): the controller samples one architecture at a time")
+        processes = process_count(self.devices, self.num_nodes)
+        if processes is not None:  # known from the options: check the batch split now (train() checks again)
+            check_world_size(self.child_batch, self.reward_batch, processes)
         # builds the controller once: bad groups / stats / sampling options raise here
         Controller(self.num_layers, self.controller_hidden, self.norm, num_groups=self.controller_groups,
                    sn_stats=self.sn_stats, tanh_constant=self.tanh_constant, temperature=self.temperature,
                    skip_target=self.skip_target)
+
+
+def process_count(devices, num_nodes: int) -> Optional[int]:
+    """The number of processes the device options ask for, or None when Lightning decides (``auto``)."""
+    text = str(devices).strip()
+    if re.fullmatch(r"\d+", text):
+        count = int(text)
+    elif re.fullmatch(r"[\d,\s]+", text):
+        count = len([d for d in text.split(",") if d.strip()])
+    else:
+        return None
+    return count * num_nodes if count >= 1 else None
+
+
+def ddp_strategy(strategy: str) -> str:
+    """``strategy`` with DDP's ``find_unused_parameters=True`` when it names a DDP strategy.
+
+    Every ENAS step leaves parameters without a gradient (the controller in child steps, the
+    child in controller steps, the operations an architecture does not use), which plain DDP
+    refuses; ``ddp`` becomes ``ddp_find_unused_parameters_true`` (``ddp_spawn``, ``ddp_fork``,
+    ``ddp_notebook`` likewise). Other strategies are returned unchanged.
+    """
+    unused = f"{strategy}_find_unused_parameters_true"
+    return unused if unused in StrategyRegistry else strategy
 
 
 class EnasModule(pl.LightningModule):
@@ -154,7 +193,13 @@ class EnasModule(pl.LightningModule):
             child_opt, lambda s: low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
         return [child_opt, ctrl_opt], [cosine]
 
+    def on_fit_start(self) -> None:
+        """Under DDP, let every process draw its own controller samples (the weights are built already)."""
+        if self.trainer.world_size > 1:
+            torch.manual_seed(self.cfg.seed + 10007 * self.global_rank)
+
     # --- steps ---------------------------------------------------------------------------------
+    # Train metrics (self._pending) are each process's own; only rank zero's reach metrics.csv.
     def training_step(self, batch, batch_idx):
         x, y, from_val = batch
         if bool(from_val[0]):
@@ -165,8 +210,11 @@ class EnasModule(pl.LightningModule):
 
     def _child_step(self, x, y) -> None:
         child_opt, _ = self.optimizers()
-        with torch.no_grad():
-            arch = self.controller().arch
+        arch = None
+        if self.global_rank == 0:  # one architecture for every process (broadcast: a no-op in one process)
+            with torch.no_grad():
+                arch = self.controller().arch
+        arch = self.trainer.strategy.broadcast(arch, src=0)
         logits = self.child(x, arch)
         loss = F.cross_entropy(logits, y)
         child_opt.zero_grad()
@@ -180,23 +228,35 @@ class EnasModule(pl.LightningModule):
         self.log("child_loss", loss, prog_bar=True, logger=False)
 
     def _controller_step(self, x, y) -> None:
-        """REINFORCE on ``controller_samples`` architectures, each rewarded on this validation batch."""
-        cfg = self.cfg
+        """REINFORCE on ``controller_samples`` architectures, each rewarded on this validation batch.
+
+        Under DDP each process samples its own and rewards them on its share of the batch.
+        """
+        cfg, n = self.cfg, self.cfg.controller_samples
         _, ctrl_opt = self.optimizers()
         ctrl_opt.zero_grad()
-        for _ in range(cfg.controller_samples):
+        samples, rewards, entropies = [], [], []
+        for _ in range(n):
             sample = self.controller()
-            entropy = sample.entropy.item()
-            reward = accuracy(self.child, sample.arch, x, y) + cfg.entropy_weight * entropy
-            baseline = update_baseline(self.controller, reward, cfg.baseline_decay)
-            loss = reinforce_loss(sample, reward, baseline, cfg.skip_weight) / cfg.controller_samples
-            self.manual_backward(loss)
-            self._pending["controller_loss"].append(loss.item() * cfg.controller_samples)
-            self._pending["reward"].append(reward)
-            self._pending["entropy"].append(entropy)
-        self._pending["baseline"] = [baseline]
+            entropies.append(sample.entropy.item())
+            samples.append(sample)
+            rewards.append(accuracy(self.child, sample.arch, x, y) + cfg.entropy_weight * entropies[-1])
+        # the baseline walks through every process's rewards, rank-major (one process: its own, in
+        # order), so it is identical everywhere (it is a buffer: DDP's broadcast of rank 0's buffers
+        # changes nothing); each sample's loss takes the baseline after its reward
+        everyone = self.all_gather(torch.tensor(rewards, dtype=torch.float64, device=self.device))  # (P, n) or (n,)
+        baselines = walk_baseline(self.controller, everyone.reshape(-1).tolist(), cfg.baseline_decay)
+        mine = baselines[self.global_rank * n:(self.global_rank + 1) * n]
+        terms = [reinforce_loss(s, r, b, cfg.skip_weight) / n for s, r, b in zip(samples, rewards, mine)]
+        # one backward per step, as DDP's reducer expects; DDP then averages the gradient over the
+        # processes: the mean over all world_size * controller_samples samples
+        self.manual_backward(torch.stack(terms).sum())
         ctrl_opt.step()
-        self.log("reward", reward, prog_bar=True, logger=False)
+        self._pending["controller_loss"] += [t.item() * n for t in terms]
+        self._pending["reward"] += rewards
+        self._pending["entropy"] += entropies
+        self._pending["baseline"] = [baselines[-1]]
+        self.log("reward", rewards[-1], prog_bar=True, logger=False)
 
     def _emit_if_due(self) -> None:
         """Write the means of the train metrics gathered since the last row, every N steps."""
@@ -215,18 +275,27 @@ class EnasModule(pl.LightningModule):
         if self._pending:  # what was gathered since the last row (or before max_steps stopped)
             self._emit({f"train/{k}": sum(v) / len(v) for k, v in self._pending.items() if v})
             self._pending.clear()
-        images, labels = self.eval_images.to(self.device), self.eval_labels.to(self.device)
-        records = []
+        world, rank = self.trainer.world_size, self.global_rank
+        archs = None
+        if rank == 0:  # the same architectures on every process
+            with torch.no_grad():
+                archs = [self.controller().arch for _ in range(self.cfg.eval_archs)]
+        archs = self.trainer.strategy.broadcast(archs, src=0)
+        # this process's share of the evaluation images; the correct counts are summed over processes
+        images = self.eval_images.tensor_split(world)[rank].to(self.device)
+        labels = self.eval_labels.tensor_split(world)[rank].to(self.device)
         with torch.no_grad():
-            for _ in range(self.cfg.eval_archs):
-                arch = self.controller().arch
-                acc = sum(accuracy(self.child, arch, xb, yb) * len(yb)
-                          for xb, yb in zip(images.split(500), labels.split(500))) / len(labels)
-                records.append({"epoch": self.current_epoch, "step": self.global_step, "arch": arch,
-                                "arch_str": arch_to_str(arch), "val_acc": acc})
+            correct = [sum(accuracy(self.child, arch, xb, yb) * len(yb)
+                           for xb, yb in zip(images.split(500), labels.split(500)) if len(yb))
+                       for arch in archs]
+        correct = self.trainer.strategy.reduce(torch.tensor(correct, dtype=torch.float64, device=self.device),
+                                               reduce_op="sum")
+        records = [{"epoch": self.current_epoch, "step": self.global_step, "arch": arch,
+                    "arch_str": arch_to_str(arch), "val_acc": total / len(self.eval_labels)}
+                   for arch, total in zip(archs, correct.tolist())]
         accs = [r["val_acc"] for r in records]
         self._emit({"val/mean_acc": sum(accs) / len(accs), "val/best_acc": max(accs)})
-        self.log("val_mean", sum(accs) / len(accs), prog_bar=True, logger=False)
+        self.log("val_mean", sum(accs) / len(accs), prog_bar=True, logger=False, sync_dist=True)  # equal everywhere
         if is_rank_zero():
             with open(self.archive, "a", encoding="utf-8") as f:
                 for r in records:
@@ -271,14 +340,21 @@ def final_metrics(archive: Path) -> Dict:
             "best_arch": best["arch_str"], "best_epoch": best["epoch"], "epochs_done": last + 1}
 
 
+def _enas_trainer(cfg: EnasConfig, rundir, strategy) -> pl.Trainer:
+    # the loader's batch sampler already yields each process's share: Lightning must not wrap it
+    return build_trainer(cfg, rundir, weights_attr="controller", strategy=strategy, use_distributed_sampler=False)
+
+
 def train(cfg: EnasConfig, rundir, ckpt_path: Optional[str] = None) -> dict:
     """Search in ``rundir`` (resuming from ``ckpt_path``); return the final metrics."""
     archive = rundir.path / ARCHITECTURES_FILE
     if ckpt_path:
         truncate_architectures(archive, checkpoint_step(ckpt_path))
-    data = build_data(cfg)
+    trainer = _enas_trainer(cfg, rundir, ddp_strategy(cfg.strategy))
+    if cfg.strategy == "auto" and isinstance(trainer.strategy, DDPStrategy):  # Lightning chose DDP itself
+        trainer = _enas_trainer(cfg, rundir, ddp_strategy("ddp"))
+    data = build_data(cfg, trainer.global_rank, trainer.world_size)  # ValueError unless the batches split evenly
     module = EnasModule(cfg, data, archive)
-    trainer = build_trainer(cfg, rundir, weights_attr="controller")
     trainer.fit(module, data.loader, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")

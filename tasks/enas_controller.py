@@ -281,6 +281,18 @@ def update_baseline(controller: Controller, reward: float, decay: float) -> floa
     return float(b)
 
 
+def walk_baseline(controller: Controller, rewards: Sequence[float], decay: float) -> List[float]:
+    """:func:`update_baseline` with each of ``rewards`` in turn; returns the baseline after each.
+
+    Under DDP every process walks the same list, the rewards of every process's samples of a
+    controller step gathered in rank-major order, so the baseline stays identical on every
+    process; process ``r`` (``S`` samples each) uses the entries ``r*S .. r*S + S - 1`` for its
+    own samples. With one process this is the sequential update, each sample's reward folded
+    in before its loss is formed.
+    """
+    return [update_baseline(controller, float(r), decay) for r in rewards]
+
+
 def reinforce_loss(sample: Sample, reward: float, baseline: float, skip_weight: float = 0.8) -> Tensor:
     """REINFORCE loss of one sample: ``-(reward - baseline) * log p(arch) + skip_weight * KL``.
 

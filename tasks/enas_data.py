@@ -6,7 +6,9 @@ architectures (Fashion-MNIST, CIFAR-10 as in the paper, or synthetic images for 
 ``augment`` adds random crops (and flips for CIFAR-10) to the child's training images.
 Every epoch the loader yields ``child_steps`` batches of ``child_batch`` training images,
 then ``controller_steps`` batches of ``reward_batch`` validation images; each batch is
-``(images, labels, from_val)`` so the task knows which step it is.
+``(images, labels, from_val)`` so the task knows which step it is. Under DDP both batch sizes
+stay global: every process draws the same global batches and takes its own contiguous share
+(``child_batch / world_size`` and ``reward_batch / world_size`` images).
 """
 from __future__ import annotations
 
@@ -45,14 +47,24 @@ class AlternatingBatches(Sampler[List[int]]):
     Each epoch draws a fresh random order from a generator seeded by ``(seed, epoch)``;
     Lightning sets the epoch through ``batch_sampler.sampler.set_epoch``, so ``sampler`` is
     this object itself.
+
+    ``child_batch`` and ``reward_batch`` are global batch sizes: with ``world_size`` processes
+    every process draws the same global batches (same generator) and yields its share, the
+    ``rank``-th of ``world_size`` contiguous equal parts of each. Both must therefore be
+    multiples of ``world_size`` (``ValueError`` otherwise); ``world_size=1`` yields whole batches.
     """
 
     def __init__(self, n_train: int, n_val: int, child_steps: int, child_batch: int,
-                 controller_steps: int, reward_batch: int, seed: int = 0) -> None:
+                 controller_steps: int, reward_batch: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        check_world_size(child_batch, reward_batch, world_size)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
         self.n_train, self.n_val = n_train, n_val
         self.child_steps, self.child_batch = child_steps, child_batch
         self.controller_steps, self.reward_batch = controller_steps, reward_batch
         self.seed, self.epoch = seed, 0
+        self.rank, self.world_size = rank, world_size
         self.sampler = self
 
     def set_epoch(self, epoch: int) -> None:
@@ -68,10 +80,27 @@ class AlternatingBatches(Sampler[List[int]]):
         order = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[: steps * batch]
         return (order.view(steps, batch) + offset).tolist()  # (steps, batch)
 
+    def _share(self, batches: List[List[int]], batch: int) -> List[List[int]]:
+        """This process's contiguous part of every global batch."""
+        per = batch // self.world_size
+        return [b[self.rank * per:(self.rank + 1) * per] for b in batches]
+
     def __iter__(self) -> Iterator[List[int]]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        yield from self._batches(self.n_train, self.child_batch, self.child_steps, 0, g)
-        yield from self._batches(self.n_val, self.reward_batch, self.controller_steps, self.n_train, g)
+        child = self._batches(self.n_train, self.child_batch, self.child_steps, 0, g)
+        ctrl = self._batches(self.n_val, self.reward_batch, self.controller_steps, self.n_train, g)
+        yield from self._share(child, self.child_batch)
+        yield from self._share(ctrl, self.reward_batch)
+
+
+def check_world_size(child_batch: int, reward_batch: int, world_size: int) -> None:
+    """``ValueError`` unless both global batch sizes split evenly over ``world_size`` processes."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size!r}")
+    for name, batch in (("child_batch", child_batch), ("reward_batch", reward_batch)):
+        if batch % world_size:
+            raise ValueError(f"{name}={batch} is the global batch of a step and cannot be split evenly over "
+                             f"{world_size} processes: choose a multiple of {world_size}")
 
 
 @dataclasses.dataclass
@@ -83,8 +112,13 @@ class EnasData:
     num_classes: int
 
 
-def build_data(cfg) -> EnasData:
-    """The loader and the fixed evaluation images for an :class:`tasks.enas.EnasConfig`."""
+def build_data(cfg, rank: int = 0, world_size: int = 1) -> EnasData:
+    """The loader and the fixed evaluation images for an :class:`tasks.enas.EnasConfig`.
+
+    The loader yields process ``rank``'s share of every global batch; the evaluation images
+    are all ``eval_size`` of them (the task splits them over the processes itself).
+    """
+    check_world_size(cfg.child_batch, cfg.reward_batch, world_size)
     pad, flip = 2, False
     if cfg.dataset == "fashion-mnist":
         train, _ = fashion_mnist(cfg.data_root, cfg.download)
@@ -103,7 +137,7 @@ def build_data(cfg) -> EnasData:
                                   pad=pad if cfg.augment else 0, flip=flip and cfg.augment)
     val_ds = TensorImageDataset(images[val_idx], labels[val_idx], *stats)
     sampler = AlternatingBatches(len(train_ds), len(val_ds), cfg.child_steps, cfg.child_batch,
-                                 cfg.controller_steps, cfg.reward_batch, cfg.seed)
+                                 cfg.controller_steps, cfg.reward_batch, cfg.seed, rank, world_size)
     loader = DataLoader(ConcatDataset([Tagged(train_ds, False), Tagged(val_ds, True)]), batch_sampler=sampler,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     eval_items = [val_ds[i] for i in range(cfg.eval_size)]  # the first eval_size validation images

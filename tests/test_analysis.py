@@ -282,7 +282,8 @@ def test_learning_curves(data):
     assert list(sn_style.y) == pytest.approx([raw[0]] + [(a + b) / 2 for a, b in zip(raw, raw[1:])])
     assert [t.xaxis for t in style.data] == ["x"] * 3 + ["x2"] * 3
     enas = fig_enas_curves(data.metrics)
-    assert {t.name: list(t.y) for t in enas.data}["sn-lngn"] == [0.35, 0.45, 0.55]
+    # the ENAS sn run records norm "sn", as style/sn does: labels add the run name to tell them apart
+    assert {t.name: list(t.y) for t in enas.data}["sn (sn-lngn)"] == [0.35, 0.45, 0.55]
     assert list(fig_enas_curves(data.metrics, "best_acc").data[0].y) == pytest.approx([0.4, 0.48, 0.55])
     empty = fig_learning_curves(data.metrics, ["no_such_metric"], "train")
     assert len(empty.data) == 0 and "no train no_such_metric" in empty.layout.annotations[0].text

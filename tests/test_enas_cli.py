@@ -114,7 +114,7 @@ def test_controller_norm_alias_and_dry_run(capsys):
     (["--controller-norm", "bn"], "unknown controller norm 'bn'"),
     (["--sn-stats", "ln,bn"], "bn"),
     (["--controller-groups", "7"], "num_groups=7"),
-    (["--devices", "2"], "one process"),
+    (["--devices", "3"], "child_batch=64"),  # the global batch must split over the processes
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--eval-size", "9000"], "eval_size=9000"),
     (["--child-lr", "0"], "child_lr"),
