@@ -22,9 +22,9 @@ SHAPES = [(8, 64, 56), (32, 64, 32), (8, 256, 14), (2, 64, 56), (32, 16, 28)]
 
 
 class AutogradSN(sn.SwitchNorm2d):
-    """Our layer through its plain-autograd reference path (no fused backward)."""
+    """Our layer through its plain-autograd reference path (no fused backward, no inference path)."""
 
-    def _forward(self, input):
+    def forward(self, input):
         n, c = input.shape[:2]
         use_running = not self._uses_batch_bn()
         out, _ = SNF.switch_norm_autograd(

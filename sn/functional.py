@@ -20,6 +20,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from . import inference as SNI
+from .inference import ONE_PASS_MAX_RATIO
 from .mixing import Mixer
 
 KNOWN_STATS = ("in", "ln", "bn", "gn")
@@ -147,11 +149,6 @@ def mix_statistics(
     return mean.expand(n, c), var.expand(n, c), batch_bn
 
 
-# One-pass moments are used where the mean is small against the spread: the rounding error of
-# E[x^2] - mean^2 relative to the variance is about (1 + mean^2 / var) ulps, so below this ratio
-# it is within ~20 ulps (well inside float32 accuracy of the output); above, two passes.
-ONE_PASS_MAX_RATIO = 16.0
-
 
 def fast_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
     """Like :func:`instance_moments`, with the kernels that are fastest on CPU.
@@ -167,8 +164,10 @@ def fast_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
         return x3[:, :, 0], torch.zeros_like(x3[:, :, 0])
     mean = x3.mean(dim=2)  # (N, C)
     if x3.device.type == "cpu":
-        var = torch.linalg.vector_norm(x3, dim=2).square_().div_(l).sub_(mean.square())
-        if bool((mean.square() <= ONE_PASS_MAX_RATIO * var).all()):
+        mean_sq = torch.linalg.vector_norm(x3, dim=2).square_().div_(l)  # E[x^2], (N, C)
+        var = torch.addcmul(mean_sq, mean, mean, value=-1.0)
+        # every row has mean^2 <= 16 var, i.e. var - mean^2 / 16 >= 0 (False for NaN too)
+        if torch.addcmul(var, mean, mean, value=-1.0 / ONE_PASS_MAX_RATIO).min().item() >= 0:
             return mean, var
     centered = x3 - mean.unsqueeze(2)
     var = torch.linalg.vector_norm(centered, dim=2).square_().div_(l)
@@ -178,7 +177,7 @@ def fast_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
 def _affine_per_row(x3: Tensor, shift: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                     eps: float) -> Tensor:
     """``(x - shift) / sqrt(var + eps) * weight + bias`` with ``(N, C)`` shift/var and
-    ``(N, C)``/``None`` weight and bias, in one pass: BatchNorm's inference kernel on the
+    ``(N, C)``, ``(N * C,)`` or ``None`` weight and bias, in one pass: BatchNorm's inference kernel on the
     ``(1, N*C, L)`` view, where every (sample, channel) row is a channel of its own.
 
     Returns the ``(1, N*C, L)`` result (not a view, so it can leave an autograd Function)."""
@@ -196,11 +195,6 @@ def _affine_per_row(x3: Tensor, shift: Tensor, var: Tensor, weight: Optional[Ten
         eps,
     )
     return out
-
-
-def _rows(param: Optional[Tensor], n: int, dtype) -> Optional[Tensor]:
-    """A ``(C,)`` parameter repeated for each of ``n`` samples: ``(N, C)``."""
-    return None if param is None else param.to(dtype).unsqueeze(0).expand(n, -1)
 
 
 class _FusedSwitchNorm(torch.autograd.Function):
@@ -221,7 +215,7 @@ class _FusedSwitchNorm(torch.autograd.Function):
         mean_in, var_in = fast_moments(x3)
         mixer = Mixer(stats, n, c, num_groups, devices, bn_mean, bn_var)
         mean, var, batch_bn = mixer.forward(mean_in, var_in, mean_logits, var_logits)
-        out = _affine_per_row(x3, mean, var, _rows(weight, n, x3.dtype), _rows(bias, n, x3.dtype), eps)
+        out = _affine_per_row(x3, mean, var, _repeat(weight, n, x3.dtype), _repeat(bias, n, x3.dtype), eps)
         ctx.save_for_backward(x3, weight)
         ctx.mixer, ctx.mean, ctx.var, ctx.eps = mixer, mean, var, eps
         ctx.dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
@@ -276,7 +270,8 @@ def switch_norm(
 ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor]]]:
     """SN on ``x3`` ``(N, C, L)`` (float32/float64): ``(output, per-device BN batch moments or None)``.
 
-    Uses the fused autograd function when a gradient is needed, a no-graph path otherwise.
+    Uses the fused autograd function when a gradient is needed, a no-graph path otherwise
+    (:mod:`sn.inference` when the BN branch, if any, uses ``bn_mean``/``bn_var``).
     Not twice differentiable; :func:`switch_norm_autograd` is (and is the readable reference).
     """
     needs_grad = torch.is_grad_enabled() and any(
@@ -287,10 +282,21 @@ def switch_norm(
         out, *batch_bn = _FusedSwitchNorm.apply(x3.contiguous(), mean_logits, var_logits, weight, bias, config)
         return out, (tuple(batch_bn) if batch_bn else None)
     n, c, _ = x3.shape
+    dtype = x3.dtype
+    if bn_mean is not None or "bn" not in stats:  # inference: no batch statistics to return
+        consts = SNI.constants(stats, *SNI.softmax_weights(mean_logits, var_logits), c, num_groups, bn_mean,
+                               bn_var, eps, dtype, x3.device)
+        rows = [SNI.repeat_rows(p, n, dtype, x3.device) for p in (weight, bias)]
+        return SNI.switch_norm_inference(x3, consts, *rows), None
     mean_in, var_in = fast_moments(x3)
     mixer = Mixer(stats, n, c, num_groups, devices, bn_mean, bn_var)
     mean, var, batch_bn = mixer.forward(mean_in, var_in, mean_logits, var_logits)
-    return _affine_per_row(x3, mean, var, _rows(weight, n, x3.dtype), _rows(bias, n, x3.dtype), eps), batch_bn
+    return _affine_per_row(x3, mean, var, _repeat(weight, n, dtype), _repeat(bias, n, dtype), eps), batch_bn
+
+
+def _repeat(param: Optional[Tensor], n: int, dtype) -> Optional[Tensor]:
+    """A ``(C,)`` parameter repeated for each of ``n`` samples: ``(N * C,)``."""
+    return SNI.repeat_rows(param, n, dtype, None)
 
 
 def switch_norm_autograd(x3, mean_logits, var_logits, weight, bias, stats, *, eps=1e-5, num_groups=1, devices=1,

@@ -1,0 +1,161 @@
+"""SN's forward when nothing needs a gradient and the BN branch uses fixed statistics.
+
+This is the inference path of a layer in eval mode. Everything that depends only on the
+layer's state (the softmax of the logits, the running statistics weighted by their
+importance, ``eps``) is folded into a few constant tensors, :class:`Constants`, which the
+layer caches until its parameters or buffers change. A call then costs two reads of the
+input (its per-row sum and sum of squares), one read and write for the output (BatchNorm's
+inference kernel), and about fifteen operations on ``(N, C)``-sized tensors, with the mixing
+weights as Python numbers (on small inputs each operation costs about as much as a pass).
+
+Numerics are those of :func:`sn.functional.fast_moments`: the variance comes from one pass
+(``E[x^2] - mean^2``) only where every row's ``mean^2 <= 16 var``, which bounds the
+cancellation to a few ulps, also for the pooled LN/GN statistics (a group's squared mean is at
+most the mean of its rows' squared means, so at most 16 times its variance); otherwise, and on
+GPUs, from two passes, with the pooled statistics in the parallel-variance form.
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+# One-pass moments are used where the mean is small against the spread: the rounding error of
+# E[x^2] - mean^2 relative to the variance is about (1 + mean^2 / var) ulps, so below this ratio
+# it is within ~20 ulps (well inside float32 accuracy of the output); above, two passes.
+ONE_PASS_MAX_RATIO = 16.0
+
+
+def softmax_weights(mean_logits: Tensor, var_logits: Tensor) -> Tuple[List[float], List[float]]:
+    """The importance weights (softmax of the logits, in float64) as two lists of Python floats."""
+    both = torch.stack([mean_logits.detach(), var_logits.detach()])
+    w_mean, w_var = torch.softmax(both.double(), dim=1).tolist()
+    return w_mean, w_var
+
+
+def repeat_rows(param: Optional[Tensor], n: int, dtype, device) -> Optional[Tensor]:
+    """A ``(C,)`` parameter repeated for each of ``n`` samples, ``(N * C,)``, or ``None``."""
+    if param is None:
+        return None
+    return param.detach().to(dtype=dtype, device=device).repeat(n)
+
+
+class Constants(NamedTuple):
+    """What Eqn. 3 needs besides the input, for a fixed layer state.
+
+    ``w_in``: IN's (mean, variance) weights, or ``None`` without ``"in"``; ``pooled``:
+    ``(groups, mean weight, variance weight)`` of LN (one group) and GN; ``mean_base`` and
+    ``var_base``: ``(C,)`` tensors, the importance-weighted BN running mean and variance (zeros
+    without ``"bn"``), ``eps`` added to the latter.
+    """
+
+    w_in: Optional[Tuple[float, float]]
+    pooled: Tuple[Tuple[int, float, float], ...]
+    mean_base: Tensor
+    var_base: Tensor
+
+
+def constants(stats: Sequence[str], w_mean: Sequence[float], w_var: Sequence[float], num_features: int,
+              num_groups: int, bn_mean: Optional[Tensor], bn_var: Optional[Tensor], eps: float, dtype,
+              device) -> Constants:
+    """The :class:`Constants` of a layer mixing ``stats`` with softmax weights ``w_mean``/``w_var``."""
+    w_in, pooled = None, []
+    mean_base = torch.zeros(num_features, dtype=dtype, device=device)
+    var_base = torch.full((num_features,), eps, dtype=dtype, device=device)
+    for k, op in enumerate(stats):
+        if op == "in":
+            w_in = (w_mean[k], w_var[k])
+        elif op in ("ln", "gn"):
+            pooled.append((1 if op == "ln" else num_groups, w_mean[k], w_var[k]))
+        else:  # bn: the fixed statistics, weighted
+            mean_base.add_(bn_mean.detach().to(dtype=dtype, device=device), alpha=w_mean[k])
+            var_base.add_(bn_var.detach().to(dtype=dtype, device=device), alpha=w_var[k])
+    return Constants(w_in, tuple(pooled), mean_base, var_base)
+
+
+def row_sums(x3: Tensor) -> Tuple[Tensor, Tensor, bool]:
+    """For every (sample, channel) row of ``x3`` ``(N, C, L)``: ``sum(x)`` and, where the one-pass
+    form is safe, ``sum(x^2)`` (flag True); otherwise ``sum((x - mean)^2)`` (two passes, flag
+    False). Two ``(N, C)`` tensors; sums rather than means, the ``1 / L`` factors are folded
+    into later operations.
+    """
+    l = x3.shape[2]
+    if l == 1:  # (N, C) features: each row is one value, its variance zero
+        first = x3[:, :, 0]
+        return first, torch.zeros_like(first), False
+    first = x3.sum(2)
+    if x3.is_cpu:  # the check would synchronize a GPU
+        second = torch.linalg.vector_norm(x3, dim=2)
+        second.mul_(second)
+        # every row: L var = sum(x^2) - sum(x)^2 / L >= L mean^2 / RATIO  (False for NaN too)
+        if torch.addcmul(second, first, first, value=-(1.0 + 1.0 / ONE_PASS_MAX_RATIO) / l).min().item() >= 0:
+            return first, second, True
+    second = torch.linalg.vector_norm(x3 - first.unsqueeze(2) / l, dim=2)
+    return first, second.mul_(second), False
+
+
+def _pool(first: Tensor, second: Tensor, groups: int, l: int, raw_second: bool) -> Tuple[Tensor, Tensor]:
+    """Sums over groups of channels, ``sum(x)`` and ``sum((x - group mean)^2)``, from the rows'
+    sums ``(N, C)``: ``(N, 1)`` for one group (LN), else ``(N, G, 1)``."""
+    n, c = first.shape
+    per_group = c // groups
+    if groups > 1:
+        first, second = first.reshape(n, groups, per_group), second.reshape(n, groups, per_group)  # (N, G, C/G)
+    dim = first.dim() - 1
+    p_first = first.sum(dim, keepdim=True)
+    if raw_second:  # sum(x^2) - sum(x)^2 / k: safe where the rows' one-pass form is
+        return p_first, second.sum(dim, keepdim=True).addcmul_(p_first, p_first, value=-1.0 / (per_group * l))
+    centered = first - p_first / per_group  # L (mean - group mean); parallel form:
+    return p_first, torch.addcmul(second, centered, centered, value=1.0 / l).sum(dim, keepdim=True)
+
+
+def mixed_moments(x3: Tensor, consts: Constants) -> Tuple[Tensor, Tensor]:
+    """The mixed mean and variance (plus eps) of Eqn. 3 for every row of ``x3`` ``(N, C, L)``:
+    two ``(N, C)`` tensors.
+
+    Works on sums over pixel sets: a set of ``k`` pixels is described by ``sum(x)`` and
+    ``sum((x - mean)^2)``, its mean and variance being these over ``k``. (Written for few
+    operations: on small inputs each costs about as much as a pass over the data.)
+    """
+    n, c, l = x3.shape
+    first, second, raw_second = row_sums(x3)  # (N, C) each
+    pooled = []
+    for groups, w_mean, w_var in consts.pooled:
+        pooled.append((groups, w_mean / (c // groups * l), w_var / (c // groups * l),
+                       *_pool(first, second, groups, l, raw_second)))
+    if raw_second:  # rows: sum(x^2) -> sum((x - mean)^2)
+        second.addcmul_(first, first, value=-1.0 / l)
+    w_in = consts.w_in
+    if w_in is not None:
+        mean = torch.add(consts.mean_base, first, alpha=w_in[0] / l)  # (N, C)
+        var = torch.add(consts.var_base, second, alpha=w_in[1] / l)
+    else:
+        mean = consts.mean_base.expand(n, c).clone()
+        var = consts.var_base.expand(n, c).clone()
+    for groups, w_mean, w_var, p_first, p_second in pooled:
+        if groups == 1:  # LN: (N, 1) broadcasts over the channels
+            mean.add_(p_first, alpha=w_mean)
+            var.add_(p_second, alpha=w_var)
+        else:
+            mean.view(n, groups, c // groups).add_(p_first, alpha=w_mean)
+            var.view(n, groups, c // groups).add_(p_second, alpha=w_var)
+    return mean, var
+
+
+def switch_norm_inference(x: Tensor, consts: Constants, weight_rows: Optional[Tensor],
+                          bias_rows: Optional[Tensor]) -> Tensor:
+    """SN of ``x`` ``(N, C, *)`` (float32/float64) with fixed statistics; ``weight_rows`` and
+    ``bias_rows``: the affine parameters repeated for every sample, ``(N * C,)``."""
+    x = x.contiguous()  # (channels-last and strided inputs: one copy, not one per reshape)
+    n, c = x.shape[0], x.shape[1]
+    mean, var = mixed_moments(x.view(n, c, -1), consts)
+    # BatchNorm's inference kernel on the (1, N*C, L) view: each (sample, channel) row is a
+    # channel of its own; eps is already in the variances
+    out, _, _ = torch.native_batch_norm(x.view(1, n * c, -1), weight_rows, bias_rows, mean.view(-1),
+                                        var.view(-1), False, 0.0, 0.0)
+    return out.view(x.shape)
+
+
+__all__: List[str] = ["Constants", "constants", "mixed_moments", "repeat_rows", "row_sums", "softmax_weights",
+                      "switch_norm_inference"]
