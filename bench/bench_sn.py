@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.bench_sn                 # CPU, all figures (~2-4 minutes on 2 cores)
     .venv/bin/python -m bench.bench_sn --device cuda   # the same on a GPU
 
-Every figure is a median over ``--repeats`` timed runs after warm-up, printed with its ratio to
-BatchNorm2d on the same input. Machines are noisy: compare ratios, not milliseconds.
+Every figure is a median over ``--repeats`` timed runs after warm-up (the layers timed in turn
+within each repeat), printed with its ratio to BatchNorm2d on the same input. Machines are
+noisy: compare ratios, not milliseconds.
 """
 import argparse
 import statistics
@@ -40,7 +41,7 @@ LAYERS = {
     "SN published form": PublishedFormSN,
     "SN Fig.7 form": ThreeMomentsSN,
     "SN autograd (ours)": AutogradSN,
-    "SN fused (ours)": sn.SwitchNorm2d,
+    "SN (ours)": sn.SwitchNorm2d,
 }
 
 
@@ -59,16 +60,24 @@ def sync(device):
 
 
 def median_time(fn, device, repeats, warmup=3):
-    for _ in range(warmup):
-        fn()
+    return median_times({"fn": fn}, device, repeats, warmup)["fn"]
+
+
+def median_times(fns, device, repeats, warmup=3):
+    """Median time of every function in ``fns``, timed in turn within each repeat, so that a
+    slow phase of the machine hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync(device)
-    times = []
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def saved_bytes(layer, x):
@@ -102,17 +111,24 @@ def bench_layers(device, repeats, shapes=SHAPES, dtype=torch.float32):
         grad = torch.randn_like(x)
         xg = x.clone().requires_grad_()
         row = {"shape": (n, c, hw)}
-        for name, build in LAYERS.items():
-            layer = build(c).to(device)
+        layers = {name: build(c).to(device) for name, build in LAYERS.items()}
+
+        def train_step(layer):
+            return lambda: layer(xg).backward(grad)
+
+        def eval_step(layer):
+            return lambda: layer(x)
+
+        for layer in layers.values():
             layer.train()
-
-            def train_step():
-                layer(xg).backward(grad)
-
-            row[("train", name)] = median_time(train_step, device, repeats)
+        for name, t in median_times({k: train_step(v) for k, v in layers.items()}, device, repeats).items():
+            row[("train", name)] = t
+        for layer in layers.values():
             layer.eval()
-            with torch.no_grad():
-                row[("eval", name)] = median_time(lambda: layer(x), device, repeats)
+        with torch.no_grad():
+            for name, t in median_times({k: eval_step(v) for k, v in layers.items()}, device, repeats).items():
+                row[("eval", name)] = t
+        for name, layer in layers.items():
             layer.train()
             row[("memory", name)] = saved_bytes(layer, xg)
         rows.append(row)
@@ -168,23 +184,26 @@ def small_resnet(norm, num_classes=10, width=16, blocks=3):
     return nn.Sequential(*layers)
 
 
-def bench_end_to_end(device, repeats, batch=64):
+def bench_end_to_end(device, repeats, batch=64, compile_too=False):
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    result = {}
-    for norm in ("bn", "sn"):
+    variants = [("bn", False), ("sn", False)] + ([("bn", True), ("sn", True)] if compile_too else [])
+    steps = {}
+    for norm, use_compile in variants:
         torch.manual_seed(0)
         model = small_resnet(norm).to(device)
         opt = torch.optim.SGD(sn.param_groups(model, 1e-4), lr=0.1, momentum=0.9)
+        run = torch.compile(model) if use_compile else model
 
-        def step():
+        def step(run=run, opt=opt):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
+            nn.functional.cross_entropy(run(x), y).backward()
             opt.step()
 
-        result[norm] = batch / median_time(step, device, repeats)
-    print("\n### End to end: CIFAR-style ResNet-20 training step, batch 64, 32x32\n")
-    print(f"| norm | images/s | ratio to BN |\n|---|---|---|")
+        steps[norm + (" compiled" if use_compile else "")] = step
+    result = {name: batch / t for name, t in median_times(steps, device, repeats).items()}
+    print(f"\n### End to end: CIFAR-style ResNet-20 training step, batch {batch}, 32x32\n")
+    print("| norm | images/s | ratio to BN |\n|---|---|---|")
     for norm, ips in result.items():
         print(f"| {norm} | {ips:.0f} | {ips / result['bn']:.2f}x |")
     return result["sn"] / result["bn"]
@@ -197,9 +216,14 @@ def main(argv=None):
     parser.add_argument("--shapes", type=parse_shapes, default=SHAPES,
                         help="N x C x H=W shapes, comma-separated (default: the five of issue #8)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ResNet figure")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     parser.add_argument("--compile", action="store_true",
-                        help="also measure torch.compile'd BN and SN (slow to start: compiles per shape)")
+                        help="also measure torch.compile'd BN and SN (slow to start: compiles per shape and mode)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda given but no CUDA device is available")
@@ -207,16 +231,21 @@ def main(argv=None):
     print(f"# SwitchNorm2d vs BatchNorm2d on {name}, torch {torch.__version__}, float32, median of {args.repeats}")
     if args.compile:
         LAYERS["BatchNorm2d compiled"] = compiled(LAYERS["BatchNorm2d"])
-        LAYERS["SN autograd compiled"] = compiled(AutogradSN)
+        LAYERS["SN compiled (ours)"] = compiled(sn.SwitchNorm2d)
     rows = bench_layers(device, args.repeats, args.shapes)
     train = print_table(rows, "train", "time")
     evalr = print_table(rows, "eval", "time")
     memory = print_table(rows, "memory", "memory")
-    summary = [f"train fwd+bwd median {train['SN fused (ours)']:.2f}x BN",
-               f"eval median {evalr['SN fused (ours)']:.2f}x BN",
-               f"saved memory median {memory['SN fused (ours)']:.2f}x BN"]
+    summary = [f"train fwd+bwd median {train['SN (ours)']:.2f}x BN",
+               f"eval median {evalr['SN (ours)']:.2f}x BN",
+               f"saved memory median {memory['SN (ours)']:.2f}x BN"]
+    if args.compile:
+        for kind, table in (("train", train), ("eval", evalr)):
+            summary.append(f"compiled {kind} median {table['SN compiled (ours)']:.2f}x BN "
+                           f"({table['SN compiled (ours)'] / table['BatchNorm2d compiled']:.2f}x compiled BN)")
     if not args.no_e2e:
-        summary.append(f"ResNet-20 images/s {bench_end_to_end(device, max(5, args.repeats // 2)):.2f}x BN")
+        ratio = bench_end_to_end(device, max(5, args.repeats // 2), compile_too=args.compile)
+        summary.append(f"ResNet-20 images/s {ratio:.2f}x BN")
     print("\nSummary (ours): " + "; ".join(summary))
 
 

@@ -308,6 +308,7 @@ def switch_norm_autograd(x3, mean_logits, var_logits, weight, bias, stats, *, ep
                                          devices=devices, bn_mean=bn_mean, bn_var=bn_var, bn_reduce=bn_reduce)
     return normalize(x3, mean, var, weight, bias, eps), batch_bn
 
+
 def normalize(
     x3: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
 ) -> Tensor:

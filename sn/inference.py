@@ -38,7 +38,10 @@ def repeat_rows(param: Optional[Tensor], n: int, dtype, device) -> Optional[Tens
     """A ``(C,)`` parameter repeated for each of ``n`` samples, ``(N * C,)``, or ``None``."""
     if param is None:
         return None
-    return param.detach().to(dtype=dtype, device=device).repeat(n)
+    param = param.detach()
+    if param.dtype != dtype or (device is not None and param.device != device):
+        param = param.to(dtype=dtype, device=device)
+    return torch.cat([param] * n)  # (much cheaper than Tensor.repeat for small tensors)
 
 
 class Constants(NamedTuple):

@@ -204,7 +204,8 @@ class SwitchNorm(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        if not (torch.is_grad_enabled() or self._uses_batch_bn()):
+        compiling = torch.compiler.is_compiling()
+        if not (torch.is_grad_enabled() or self._uses_batch_bn() or compiling):
             return self._forward_inference(input)  # e.g. eval under no_grad / inference_mode
         if self._uses_batch_bn():
             check_divisible(input.shape[0], self.devices)
@@ -214,34 +215,36 @@ class SwitchNorm(nn.Module):
         return self._forward(input)
 
     def _forward(self, input: Tensor) -> Tensor:
-        compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-        n, c = input.shape[:2]
-        x3 = input.reshape(n, c, -1).to(compute_dtype)  # (N, C, L)
-        use_running = "bn" in self.stats and not self._uses_batch_bn()
-        kwargs = dict(
-            eps=self.eps,
-            num_groups=self.num_groups or 1,
-            devices=self.devices,
-            bn_mean=self.running_mean if use_running else None,
-            bn_var=self.running_var if use_running else None,
-        )
+        n, c = input.shape[0], input.shape[1]
+        x3 = input.reshape(n, c, -1)  # (N, C, L)
+        if x3.dtype not in _FULL_PRECISION:
+            x3 = x3.float()  # half / bfloat16: statistics in float32
+        params, buffers = self._parameters, self._buffers  # (nn.Module's __getattr__ is slow)
+        use_running = not self._uses_batch_bn() and "bn" in self.stats
+        bn_mean, bn_var = (buffers["running_mean"], buffers["running_var"]) if use_running else (None, None)
         count = (n // self.devices) * x3.shape[2]  # elements per channel in one BN chunk
         world = SND.group_size(self.process_group) if self.sync and not use_running else 1
+        args = (x3, params["mean_weight"], params["var_weight"], params["weight"], params["bias"], self.stats)
+        kwargs = dict(eps=self.eps, num_groups=self.num_groups or 1, devices=self.devices, bn_mean=bn_mean,
+                      bn_var=bn_var)
         if world > 1:
             group = self.process_group
 
             def reduce(mean, var):
                 return SND.sync_moments(mean, var, count, group)
 
-            out, batch_bn = SNF.switch_norm_autograd(x3, self.mean_weight, self.var_weight, self.weight, self.bias,
-                                                     self.stats, bn_reduce=reduce, **kwargs)
+            out, batch_bn = SNF.switch_norm_autograd(*args, bn_reduce=reduce, **kwargs)
             count *= world  # equal batches per process, as DDP gives
+        elif torch.compiler.is_compiling():
+            # under torch.compile the plain ops trace into one graph that the compiler fuses
+            # (the fused path's host-side Python floats and checks would break the graph)
+            out, batch_bn = SNF.switch_norm_autograd(*args, **kwargs)
         else:
-            out, batch_bn = SNF.switch_norm(x3, self.mean_weight, self.var_weight, self.weight, self.bias,
-                                            self.stats, **kwargs)
+            out, batch_bn = SNF.switch_norm(*args, **kwargs)
         if batch_bn is not None and self.training and self.track_running_stats:
             self._update_running_stats(*batch_bn, count=count)
-        return out.reshape(input.shape).to(input.dtype)
+        out = out.view(input.shape) if out.is_contiguous() else out.reshape(input.shape)
+        return out if out.dtype == input.dtype else out.to(input.dtype)
 
     def _forward_inference(self, input: Tensor) -> Tensor:
         """Forward without autograd and with fixed BN statistics (e.g. eval under ``no_grad``):
@@ -282,14 +285,20 @@ class SwitchNorm(nn.Module):
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
         """Moving average of the per-device batch statistics ``(D, C)``, as BatchNorm does."""
-        self.num_batches_tracked.add_(1)
+        buffers = self._buffers  # (nn.Module's __getattr__ is slow; this runs every training step)
+        buffers["num_batches_tracked"].add_(1)
         if self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked)
+            factor = 1.0 / float(buffers["num_batches_tracked"])
         else:
             factor = self.momentum
-        unbiased = var * (count / max(count - 1, 1))
-        self.running_mean.lerp_(mean.mean(0).to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(unbiased.mean(0).to(self.running_var.dtype), factor)
+        running_mean, running_var = buffers["running_mean"], buffers["running_var"]
+        mean = mean[0] if mean.shape[0] == 1 else mean.mean(0)  # average over the device chunks
+        var = var[0] if var.shape[0] == 1 else var.mean(0)
+        if mean.dtype != running_mean.dtype:
+            mean, var = mean.to(running_mean.dtype), var.to(running_var.dtype)
+        running_mean.lerp_(mean, factor)
+        # (1 - factor) * running + factor * unbiased batch variance
+        running_var.mul_(1.0 - factor).add_(var, alpha=factor * count / max(count - 1, 1))
 
     def importance(self) -> dict:
         """Post-softmax importance weights: ``{"mean": {op: w}, "var": {op: w}}``."""
