@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 
 from . import inference as SNI
-from .inference import ONE_PASS_MAX_RATIO
-from .mixing import Mixer
+from .fused import FusedSwitchNorm, mixed_forward
 
 KNOWN_STATS = ("in", "ln", "bn", "gn")
 
@@ -150,110 +149,6 @@ def mix_statistics(
 
 
 
-def fast_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
-    """Like :func:`instance_moments`, with the kernels that are fastest on CPU.
-
-    On CPU the variance comes from one pass (``vector_norm``, no temporary the size of the
-    input) whenever every row's ``mean^2 <= 16 * var``, which is exact to ~20 ulps; otherwise
-    (large offsets, constant rows, 1x1 maps) from the two-pass form. On GPUs, where the check
-    would synchronize, always two passes. (``torch.var`` along the last dim is ~100x slower
-    than a mean on some CPU builds, so it is not used.)
-    """
-    l = x3.shape[2]
-    if l == 1:  # (N, C) features: each row is one value
-        return x3[:, :, 0], torch.zeros_like(x3[:, :, 0])
-    mean = x3.mean(dim=2)  # (N, C)
-    if x3.device.type == "cpu":
-        mean_sq = torch.linalg.vector_norm(x3, dim=2).square_().div_(l)  # E[x^2], (N, C)
-        var = torch.addcmul(mean_sq, mean, mean, value=-1.0)
-        # every row has mean^2 <= 16 var, i.e. var - mean^2 / 16 >= 0 (False for NaN too)
-        if torch.addcmul(var, mean, mean, value=-1.0 / ONE_PASS_MAX_RATIO).min().item() >= 0:
-            return mean, var
-    centered = x3 - mean.unsqueeze(2)
-    var = torch.linalg.vector_norm(centered, dim=2).square_().div_(l)
-    return mean, var
-
-
-def _affine_per_row(x3: Tensor, shift: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                    eps: float) -> Tensor:
-    """``(x - shift) / sqrt(var + eps) * weight + bias`` with ``(N, C)`` shift/var and
-    ``(N, C)``, ``(N * C,)`` or ``None`` weight and bias, in one pass: BatchNorm's inference kernel on the
-    ``(1, N*C, L)`` view, where every (sample, channel) row is a channel of its own.
-
-    Returns the ``(1, N*C, L)`` result (not a view, so it can leave an autograd Function)."""
-    n, c, l = x3.shape
-    # native_batch_norm directly: F.batch_norm's dispatch picks a ~4x slower CPU kernel for
-    # inputs that do not require grad
-    out, _, _ = torch.native_batch_norm(
-        x3.reshape(1, n * c, l),
-        None if weight is None else weight.reshape(n * c),
-        None if bias is None else bias.reshape(n * c),
-        shift.reshape(n * c),
-        var.reshape(n * c),
-        False,
-        0.0,
-        eps,
-    )
-    return out
-
-
-class _FusedSwitchNorm(torch.autograd.Function):
-    """SN forward and backward in a few passes over the input, saving only the input.
-
-    Forward: per-(sample, channel) moments, the (N, C)-sized mixing of Eqn. 3-5
-    (:class:`sn.mixing.Mixer`), one pass for the output.
-    Backward (the paper's Appendix, by rows): the two reductions per (sample, channel),
-    ``sum(g)`` and ``sum(g * (x - mean_in))``, in one pass; gradients of the mixed mean and
-    variance; the mixer maps them to the logits and the IN moments; one pass writes
-    ``dx = a * g + b * (x - mean_in) + c`` with ``(N, C)`` coefficients.
-    """
-
-    @staticmethod
-    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config):
-        stats, num_groups, devices, bn_mean, bn_var, eps = config
-        n, c, l = x3.shape
-        mean_in, var_in = fast_moments(x3)
-        mixer = Mixer(stats, n, c, num_groups, devices, bn_mean, bn_var)
-        mean, var, batch_bn = mixer.forward(mean_in, var_in, mean_logits, var_logits)
-        out = _affine_per_row(x3, mean, var, _repeat(weight, n, x3.dtype), _repeat(bias, n, x3.dtype), eps)
-        ctx.save_for_backward(x3, weight)
-        ctx.mixer, ctx.mean, ctx.var, ctx.eps = mixer, mean, var, eps
-        ctx.dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
-        ctx.mark_non_differentiable(*(batch_bn or ()))
-        return (out,) + (batch_bn or ())
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out, *unused):
-        x3, weight = ctx.saved_tensors
-        mixer, mean, var = ctx.mixer, ctx.mean, ctx.var
-        mean_in = mixer.mean_in
-        n, c, l = x3.shape
-        g = grad_out.contiguous().view(n, c, l)
-        ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
-        # per row: sum(g * (x - mean_in)) and sum(g), one pass (BatchNorm's backward reductions)
-        _, s_gx, s_g = torch.ops.aten.native_batch_norm_backward(
-            g.view(1, n * c, l), x3.view(1, n * c, l), ones, None, None,
-            mean_in.reshape(n * c), ones, True, 0.0, [False, True, True],
-        )
-        s_gx, s_g = s_gx.view(n, c), s_g.view(n, c)
-        rstd = torch.rsqrt(var + ctx.eps)  # (N, C)
-        gamma_rstd = rstd * weight.to(x3.dtype) if weight is not None else rstd
-        s_gxc = torch.addcmul(s_gx, mean_in - mean, s_g)  # sum(g * (x - mean)) per row
-        d_mean = -gamma_rstd * s_g
-        d_var = (-0.5 * gamma_rstd * rstd.square()) * s_gxc
-        d_mean_in, d_var_in, d_mean_logits, d_var_logits = mixer.backward(d_mean, d_var)
-        d_x = None
-        if ctx.needs_input_grad[0]:
-            # dx = gamma*rstd*g + d_mean_in/L + 2/L*d_var_in*(x - mean_in)
-            d_x = _affine_per_row(x3, mean_in, torch.ones_like(mean_in), (2.0 / l) * d_var_in, d_mean_in / l, 0.0)
-            d_x = d_x.view(n, c, l).addcmul_(g, gamma_rstd.unsqueeze(2))
-        d_weight = (rstd * s_gxc).sum(0) if ctx.needs_input_grad[3] else None
-        d_bias = s_g.sum(0) if ctx.needs_input_grad[4] else None
-        grads = (d_x, d_mean_logits, d_var_logits, d_weight, d_bias)
-        return tuple(g if g is None or g.dtype == dtype else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)) + (None,)
-
-
 def switch_norm(
     x3: Tensor,
     mean_logits: Tensor,
@@ -279,7 +174,7 @@ def switch_norm(
     )
     if needs_grad:
         config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
-        out, *batch_bn = _FusedSwitchNorm.apply(x3.contiguous(), mean_logits, var_logits, weight, bias, config)
+        out, *batch_bn = FusedSwitchNorm.apply(x3.contiguous(), mean_logits, var_logits, weight, bias, config)
         return out, (tuple(batch_bn) if batch_bn else None)
     n, c, _ = x3.shape
     dtype = x3.dtype
@@ -288,15 +183,9 @@ def switch_norm(
                                bn_var, eps, dtype, x3.device)
         rows = [SNI.repeat_rows(p, n, dtype, x3.device) for p in (weight, bias)]
         return SNI.switch_norm_inference(x3, consts, *rows), None
-    mean_in, var_in = fast_moments(x3)
-    mixer = Mixer(stats, n, c, num_groups, devices, bn_mean, bn_var)
-    mean, var, batch_bn = mixer.forward(mean_in, var_in, mean_logits, var_logits)
-    return _affine_per_row(x3, mean, var, _repeat(weight, n, dtype), _repeat(bias, n, dtype), eps), batch_bn
-
-
-def _repeat(param: Optional[Tensor], n: int, dtype) -> Optional[Tensor]:
-    """A ``(C,)`` parameter repeated for each of ``n`` samples: ``(N * C,)``."""
-    return SNI.repeat_rows(param, n, dtype, None)
+    config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
+    out, batch_bn, _, _, _ = mixed_forward(x3.contiguous(), mean_logits, var_logits, weight, bias, config)
+    return out, batch_bn
 
 
 def switch_norm_autograd(x3, mean_logits, var_logits, weight, bias, stats, *, eps=1e-5, num_groups=1, devices=1,

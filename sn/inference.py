@@ -8,7 +8,7 @@ input (its per-row sum and sum of squares), one read and write for the output (B
 inference kernel), and about fifteen operations on ``(N, C)``-sized tensors, with the mixing
 weights as Python numbers (on small inputs each operation costs about as much as a pass).
 
-Numerics are those of :func:`sn.functional.fast_moments`: the variance comes from one pass
+Numerics (:func:`row_sums`, shared with the training path): the variance comes from one pass
 (``E[x^2] - mean^2``) only where every row's ``mean^2 <= 16 var``, which bounds the
 cancellation to a few ulps, also for the pooled LN/GN statistics (a group's squared mean is at
 most the mean of its rows' squared means, so at most 16 times its variance); otherwise, and on
@@ -38,7 +38,8 @@ def repeat_rows(param: Optional[Tensor], n: int, dtype, device) -> Optional[Tens
     """A ``(C,)`` parameter repeated for each of ``n`` samples, ``(N * C,)``, or ``None``."""
     if param is None:
         return None
-    param = param.detach()
+    if param.requires_grad and torch.is_grad_enabled():
+        param = param.detach()
     if param.dtype != dtype or (device is not None and param.device != device):
         param = param.to(dtype=dtype, device=device)
     return torch.cat([param] * n)  # (much cheaper than Tensor.repeat for small tensors)
@@ -146,6 +147,35 @@ def mixed_moments(x3: Tensor, consts: Constants) -> Tuple[Tensor, Tensor]:
     return mean, var
 
 
+def cached_constants(layer, x: Tensor) -> Tuple[Constants, Optional[Tensor], Optional[Tensor]]:
+    """:class:`Constants` of the SN ``layer`` for ``x``'s dtype and device, and the affine
+    parameters repeated for ``x``'s batch size; cached on the layer until one of its parameters
+    or buffers changes (in-place updates bump a tensor's ``_version``; assignments change the
+    tensor) or the dtype or device differs. Not cached for inference tensors (made under
+    ``torch.inference_mode``), which keep no version."""
+    params, buffers = layer._parameters, layer._buffers  # (nn.Module's __getattr__ is slow)
+    tensors = (params["mean_weight"], params["var_weight"], params["weight"], params["bias"],
+               buffers["running_mean"], buffers["running_var"])
+    try:
+        key = (x.dtype, x.get_device(), layer.eps, layer.stats, layer.num_groups) + tuple(
+            None if t is None else (id(t), t.data_ptr(), t._version) for t in tensors)
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        key = None
+    cache = layer.__dict__.get("_inference_cache")
+    if key is None or cache is None or cache[0] != key:
+        w_mean, w_var = softmax_weights(tensors[0], tensors[1])
+        consts = constants(layer.stats, w_mean, w_var, layer.num_features, layer.num_groups or 1, tensors[4],
+                           tensors[5], layer.eps, x.dtype, x.device)
+        cache = (key, consts, {})
+        layer.__dict__["_inference_cache"] = cache
+    rows, n = cache[2], x.shape[0]
+    if n not in rows:
+        if len(rows) >= 8:  # a few batch sizes are common; do not grow without bound
+            rows.clear()
+        rows[n] = tuple(repeat_rows(p, n, x.dtype, x.device) for p in tensors[2:4])
+    return (cache[1],) + rows[n]
+
+
 def switch_norm_inference(x: Tensor, consts: Constants, weight_rows: Optional[Tensor],
                           bias_rows: Optional[Tensor]) -> Tensor:
     """SN of ``x`` ``(N, C, *)`` (float32/float64) with fixed statistics; ``weight_rows`` and
@@ -160,5 +190,5 @@ def switch_norm_inference(x: Tensor, consts: Constants, weight_rows: Optional[Te
     return out.view(x.shape)
 
 
-__all__: List[str] = ["Constants", "constants", "mixed_moments", "repeat_rows", "row_sums", "softmax_weights",
+__all__: List[str] = ["Constants", "cached_constants", "constants", "mixed_moments", "repeat_rows", "row_sums", "softmax_weights",
                       "switch_norm_inference"]

@@ -250,37 +250,9 @@ class SwitchNorm(nn.Module):
         """Forward without autograd and with fixed BN statistics (e.g. eval under ``no_grad``):
         :mod:`sn.inference`, with its constants cached. (Autocast changes none of its ops.)"""
         x = input if input.dtype in _FULL_PRECISION else input.float()  # half: statistics in float32
-        consts, weight_rows, bias_rows = self._inference_constants(x)
+        consts, weight_rows, bias_rows = SNI.cached_constants(self, x)
         out = SNI.switch_norm_inference(x, consts, weight_rows, bias_rows)
         return out if out.dtype == input.dtype else out.to(input.dtype)
-
-    def _inference_constants(self, x: Tensor):
-        """:class:`sn.inference.Constants` for ``x``'s dtype and device, and the affine parameters
-        repeated for its batch size, cached until a parameter or buffer changes (in-place updates
-        bump a tensor's ``_version``; assignments change the tensor) or the dtype or device
-        differs. Not cached for inference tensors (made under ``torch.inference_mode``), which keep
-        no version."""
-        params, buffers = self._parameters, self._buffers  # (nn.Module's __getattr__ is slow)
-        tensors = (params["mean_weight"], params["var_weight"], params["weight"], params["bias"],
-                   buffers["running_mean"], buffers["running_var"])
-        try:
-            key = (x.dtype, x.get_device(), self.eps, self.stats, self.num_groups) + tuple(
-                None if t is None else (id(t), t.data_ptr(), t._version) for t in tensors)
-        except RuntimeError:  # "Inference tensors do not track version counter"
-            key = None
-        cache = self.__dict__.get("_inference_cache")
-        if key is None or cache is None or cache[0] != key:
-            w_mean, w_var = SNI.softmax_weights(tensors[0], tensors[1])
-            consts = SNI.constants(self.stats, w_mean, w_var, self.num_features, self.num_groups or 1, tensors[4],
-                                   tensors[5], self.eps, x.dtype, x.device)
-            cache = (key, consts, {})
-            self.__dict__["_inference_cache"] = cache
-        rows, n = cache[2], x.shape[0]
-        if n not in rows:
-            if len(rows) >= 8:  # a few batch sizes are common; do not grow without bound
-                rows.clear()
-            rows[n] = tuple(SNI.repeat_rows(p, n, x.dtype, x.device) for p in tensors[2:4])
-        return (cache[1],) + rows[n]
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, count: int) -> None:

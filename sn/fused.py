@@ -1,0 +1,234 @@
+"""SN's training forward and backward with few operations: the fused autograd function.
+
+The data is read in BatchNorm's passes (forward: per-row sum and sum of squares, then the
+output; backward: the per-row sums of ``g`` and ``g * (x - mean_in)``, then ``dx``), and
+everything else is ``(N, C)``-sized: Eqn. 3-5 and the paper's Appendix on per-row sums. On
+small inputs each of those operations costs about as much as a pass over the data, so the
+code is written to need few of them: sums rather than means (the ``1 / count`` factors go into
+the scalar arguments of the next operation), Python-float importance weights, in-place
+accumulation, and signs and constants folded into ``alpha``/``value`` arguments.
+
+Every statistic ``k`` but IN pools the rows' moments over a set of rows (LN: a sample's
+channels; GN: a group of them; BN: the samples of a device chunk), described by a view of the
+``(N, C)`` tensors and the dimension pooled (:class:`Pool`):
+
+    mu_k  = mean over the set of mu_in
+    var_k = mean over the set of (var_in + (mu_in - mu_k)^2)     (exact, stable)
+
+and for upstream gradients ``d_mu``, ``d_var`` of the mixed moments (rows), with ``P`` the
+set's size:
+
+    d_mu_in  += w_k / P * sum_set(d_mu) + 2 w'_k / P * (mu_in - mu_k) * sum_set(d_var)
+    d_var_in += w'_k / P * sum_set(d_var)
+
+``sn.functional.switch_norm_autograd`` is the same computation in plain differentiable ops;
+``tests/test_sn_fused.py`` compares the two in float64.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .inference import repeat_rows, row_sums
+
+
+_SIGNS = {}
+
+
+def _signs(like: Tensor) -> Tensor:
+    """``[[-1], [-0.5]]`` in ``like``'s dtype and device (cached): d_mu = -a, d_var = -b / 2."""
+    key = (like.dtype, like.device)
+    if key not in _SIGNS:
+        _SIGNS[key] = torch.tensor([[-1.0], [-0.5]], dtype=like.dtype, device=like.device)
+    return _SIGNS[key]
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Sum of the elementwise product of two contiguous tensors of the same size."""
+    return torch.dot(a.view(-1), b.reshape(-1))
+
+
+class Pool:
+    """One pooled statistic: ``shape`` views an ``(N, C)`` tensor so that its sets are along
+    ``dim``; ``size`` rows per set."""
+
+    def __init__(self, op: str, n: int, c: int, num_groups: int, devices: int):
+        self.op = op
+        if op == "ln":
+            self.shape, self.dim, self.size = (n, c), 1, c
+        elif op == "gn":
+            self.shape, self.dim, self.size = (n, num_groups, c // num_groups), 2, c // num_groups
+        elif devices == 1:  # bn over the batch
+            self.shape, self.dim, self.size = (n, c), 0, n
+        else:  # bn per device chunk of S = N / devices samples
+            self.shape, self.dim, self.size = (devices, n // devices, c), 1, n // devices
+        self.flat = len(self.shape) == 2  # the (N, C) tensors need no view (views are not free)
+
+    def view(self, t: Tensor) -> Tensor:
+        """An ``(N, C)`` tensor seen with the sets along ``dim``."""
+        return t if self.flat else t.view(self.shape)
+
+    def sum(self, t: Tensor) -> Tensor:
+        return self.view(t).sum(self.dim, keepdim=True)
+
+
+class SumMixer:
+    """Eqn. 3-5 from the rows' sums, forward and backward (see the module docstring).
+
+    ``forward`` returns the mixed ``(N, C)`` mean and variance and the BN branch's batch
+    moments per device chunk ``(D, C)`` (or None); it keeps what ``backward`` needs.
+    """
+
+    def __init__(self, stats: Sequence[str], n: int, c: int, num_groups: int = 1, devices: int = 1,
+                 bn_mean: Optional[Tensor] = None, bn_var: Optional[Tensor] = None):
+        self.stats = tuple(stats)
+        self.fixed_bn = None if bn_mean is None else (bn_mean, bn_var)
+        # per statistic: None for IN (the rows themselves) and BN with fixed statistics
+        self.pools = [None if op == "in" or (op == "bn" and bn_mean is not None)
+                      else Pool(op, n, c, num_groups, devices) for op in self.stats]
+
+    def forward(self, x3: Tensor, mean_logits: Tensor, var_logits: Tensor):
+        n, c, l = x3.shape
+        logits = torch.stack([mean_logits, var_logits])  # (no graph: the autograd function's forward)
+        self.weights = torch.softmax(logits if logits.dtype == x3.dtype else logits.to(x3.dtype), 1)
+        self.w_mean, self.w_var = self.weights.tolist()  # (2, K) -> Python floats
+        first, second, raw = row_sums(x3)  # (N, C): sum(x), and sum(x^2) (raw) or sum((x - mean)^2)
+        if raw:
+            second.addcmul_(first, first, value=-1.0 / l)  # -> sum((x - mean)^2)
+        self.mean_in = mean_in = first * (1.0 / l)
+        self.var_in = var_in = second * (1.0 / l)
+        mean = var = batch_bn = None
+        self.moments: List[Tuple[Tensor, Tensor]] = []  # per statistic, broadcastable against its view
+        self.centered = {}  # per pooled statistic: mu_in - mu_k, in its view
+        for op, pool, wm, wv in zip(self.stats, self.pools, self.w_mean, self.w_var):
+            if op == "in":
+                m, v = mean_in, var_in
+            elif pool is None:  # BN with fixed (running) statistics, (C,)
+                m, v = (t if t.dtype == x3.dtype else t.to(x3.dtype) for t in self.fixed_bn)
+            else:
+                m = pool.sum(mean_in).mul_(1.0 / pool.size)
+                centered = pool.view(mean_in) - m  # (kept: the backward needs mu_in - mu_k too)
+                v = pool.sum(torch.addcmul(pool.view(var_in), centered, centered)).mul_(1.0 / pool.size)
+                if op == "bn":
+                    batch_bn = (m.view(-1, c), v.view(-1, c))
+                self.centered[op] = centered
+            self.moments.append((m, v))
+            if mean is None:  # the first statistic: made (N, C) whatever its shape
+                if op == "in":
+                    mean, var = m * wm, v * wv
+                else:
+                    shape = (n, c) if pool is None or pool.flat else pool.shape
+                    mean = torch.mul(m, wm).expand(shape).contiguous().view(n, c)  # (a copy, written in place below)
+                    var = torch.mul(v, wv).expand(shape).contiguous().view(n, c)
+            elif pool is None:
+                mean.add_(m, alpha=wm)
+                var.add_(v, alpha=wv)
+            else:
+                pool.view(mean).add_(m, alpha=wm)
+                pool.view(var).add_(v, alpha=wv)
+        return mean, var, batch_bn
+
+    def backward(self, a: Tensor, b: Tensor, l: int):
+        """From ``a = -d_mu`` and ``b = -2 d_var`` of the rows ``(N, C)``: ``(d_mu_in / L,
+        2 d_var_in / L, d_mean_logits, d_var_logits)`` (the first two as ``dx`` takes them)."""
+        d_mu = d_var = None  # d_mu_in / L and 2 d_var_in / L, accumulated
+        inner_mean, inner_var = [], []  # <a, mu_k> and <b, var_k>, for the logits
+        for op, pool, (m, v), wm, wv in zip(self.stats, self.pools, self.moments, self.w_mean, self.w_var):
+            if op == "in":  # d_mu_in += wm d_mu, d_var_in += wv d_var
+                inner_mean.append(_dot(a, m))
+                inner_var.append(_dot(b, v))
+                if d_mu is None:
+                    d_mu, d_var = a * (-wm / l), b * (-wv / l)
+                else:
+                    d_mu.add_(a, alpha=-wm / l)
+                    d_var.add_(b, alpha=-wv / l)
+            elif pool is None:  # BN with fixed statistics: a gradient for the logits only
+                inner_mean.append(_dot(a.sum(0), m))
+                inner_var.append(_dot(b.sum(0), v))
+            else:
+                sa, sb = pool.sum(a), pool.sum(b)  # set sums of -d_mu and -2 d_var
+                inner_mean.append(_dot(sa, m))
+                inner_var.append(_dot(sb, v))
+                scale = 1.0 / (pool.size * l)
+                # d_mu_in += wm / P sum(d_mu) + 2 wv / P (mu_in - mu_k) sum(d_var); d_var_in += wv / P sum(d_var)
+                if d_mu is None:
+                    d_mu, d_var = torch.zeros_like(a), torch.zeros_like(b)
+                pool.view(d_mu).addcmul_(self.centered[pool.op], sb, value=-wv * scale).add_(sa, alpha=-wm * scale)
+                pool.view(d_var).add_(sb, alpha=-wv * scale)
+        # softmax backward: d_logit = w * (inner - <w, inner>), with inner of d_mu = -a, of d_var = -b / 2
+        inner = torch.stack(inner_mean + inner_var).view(2, -1)
+        w = self.weights
+        d_logits = (inner - (w * inner).sum(1, keepdim=True)).mul_(w).mul_(_signs(inner))
+        if d_mu is None:  # only BN with fixed statistics: the rows' moments get no gradient
+            d_mu, d_var = torch.zeros_like(a), torch.zeros_like(b)
+        return d_mu, d_var, d_logits[0], d_logits[1]
+
+
+def mixed_forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor],
+                  bias: Optional[Tensor], config):
+    """The forward of :class:`FusedSwitchNorm` (no graph): ``(output (1, N * C, L), batch BN
+    moments or None, the mixer, mixed mean, mixed variance + eps)``."""
+    stats, num_groups, devices, bn_mean, bn_var, eps = config
+    n, c, l = x3.shape
+    mixer = SumMixer(stats, n, c, num_groups, devices, bn_mean, bn_var)
+    mean, var, batch_bn = mixer.forward(x3, mean_logits, var_logits)
+    var.add_(eps)
+    # BatchNorm's inference kernel on the (1, N*C, L) view: every row is a channel of its own
+    out, _, _ = torch.native_batch_norm(x3.view(1, n * c, l), repeat_rows(weight, n, x3.dtype, None),
+                                        repeat_rows(bias, n, x3.dtype, None), mean.view(-1), var.view(-1),
+                                        False, 0.0, 0.0)
+    return out, batch_bn, mixer, mean, var
+
+
+class FusedSwitchNorm(torch.autograd.Function):
+    """SN forward and backward in BatchNorm's passes over the data, saving only the input.
+
+    ``config = (stats, num_groups, devices, bn_mean, bn_var, eps)``. Returns the output
+    ``(1, N * C, L)`` and, when the BN branch uses the batch, its per-device moments.
+    """
+
+    @staticmethod
+    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config):
+        out, batch_bn, mixer, mean, var = mixed_forward(x3, mean_logits, var_logits, weight, bias, config)
+        ctx.save_for_backward(x3, weight)
+        ctx.mixer, ctx.mean, ctx.var_eps = mixer, mean, var
+        ctx.dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
+        ctx.mark_non_differentiable(*(batch_bn or ()))
+        ctx.set_materialize_grads(False)  # (no zero gradients made for the batch moments)
+        return (out,) + (batch_bn or ())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, *unused):
+        x3, weight = ctx.saved_tensors
+        if grad_out is None:  # the output was not used
+            return (None,) * 6
+        mixer, mean = ctx.mixer, ctx.mean
+        mean_in = mixer.mean_in
+        n, c, l = x3.shape
+        g = grad_out.contiguous().view(1, n * c, l)
+        x1 = x3.view(1, n * c, l)
+        ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
+        # per row: sum(g * (x - mean_in)) and sum(g), one pass (BatchNorm's backward reductions)
+        _, s_gx, s_g = torch.ops.aten.native_batch_norm_backward(
+            g, x1, ones, None, None, mean_in.view(-1), ones, True, 0.0, [False, True, True])
+        s_gx, s_g = s_gx.view(n, c), s_g.view(n, c)
+        rstd = ctx.var_eps.rsqrt()  # (N, C)
+        gamma_rstd = rstd if weight is None else rstd * (weight if weight.dtype == x3.dtype else weight.to(x3.dtype))
+        s_gxc = torch.addcmul(s_gx, mean_in - mean, s_g)  # sum(g * (x - mean)) per row
+        a = gamma_rstd * s_g  # -d_mean
+        b = torch.mul(gamma_rstd, rstd).mul_(rstd).mul_(s_gxc)  # -2 d_var
+        d_mu, d_var, d_mean_logits, d_var_logits = mixer.backward(a, b, l)
+        d_x = None
+        if ctx.needs_input_grad[0]:
+            # dx = gamma rstd g + d_mu_in / L + 2 d_var_in / L (x - mean_in): one pass for the last two
+            d_x, _, _ = torch.native_batch_norm(x1, d_var.view(-1), d_mu.view(-1), mean_in.view(-1), ones, False,
+                                                0.0, 0.0)
+            d_x = d_x.view(n, c, l).addcmul_(g.view(n, c, l), gamma_rstd.unsqueeze(2))
+        d_weight = (rstd * s_gxc).sum(0) if ctx.needs_input_grad[3] else None
+        d_bias = s_g.sum(0) if ctx.needs_input_grad[4] else None
+        grads = (d_x, d_mean_logits, d_var_logits, d_weight, d_bias)
+        return tuple(g if g is None or g.dtype == dtype else g.to(dtype)
+                     for g, dtype in zip(grads, ctx.dtypes)) + (None,)
