@@ -34,6 +34,30 @@ from torch import Tensor
 from .inference import repeat_rows, row_sums
 
 
+# On CPU the importance weights are read to Python floats once per call (cheaper operations);
+# on GPUs they stay 0-d tensors. Tests set this to False to run the GPU form on CPU.
+HOST_WEIGHTS_ON_CPU = True
+
+
+def _acc(dst: Tensor, src: Tensor, w, scale: float = 1.0) -> Tensor:
+    """``dst += w * scale * src`` in place, ``w`` a Python float or a 0-d tensor."""
+    if isinstance(w, float):
+        return dst.add_(src, alpha=w * scale)
+    return dst.addcmul_(src, w, value=scale)
+
+
+def _scaled(src: Tensor, w, scale: float) -> Tensor:
+    """``w * scale * src`` (a new tensor), ``w`` a Python float or a 0-d tensor."""
+    return src * (w * scale) if isinstance(w, float) else torch.mul(src, w).mul_(scale)
+
+
+def _acc_product(dst: Tensor, t1: Tensor, t2: Tensor, w, scale: float) -> Tensor:
+    """``dst += w * scale * t1 * t2`` in place, ``w`` a Python float or a 0-d tensor."""
+    if isinstance(w, float):
+        return dst.addcmul_(t1, t2, value=w * scale)
+    return dst.addcmul_(t1 * t2, w, value=scale)
+
+
 _SIGNS = {}
 
 
@@ -93,7 +117,10 @@ class SumMixer:
         n, c, l = x3.shape
         logits = torch.stack([mean_logits, var_logits])  # (no graph: the autograd function's forward)
         self.weights = torch.softmax(logits if logits.dtype == x3.dtype else logits.to(x3.dtype), 1)
-        self.w_mean, self.w_var = self.weights.tolist()  # (2, K) -> Python floats
+        if x3.is_cpu and HOST_WEIGHTS_ON_CPU:  # Python floats: fewer, cheaper operations
+            self.w_mean, self.w_var = self.weights.tolist()
+        else:  # 0-d tensors: reading them on the host would wait for the GPU at every layer
+            self.w_mean, self.w_var = list(self.weights[0]), list(self.weights[1])
         first, second, raw = row_sums(x3)  # (N, C): sum(x), and sum(x^2) (raw) or sum((x - mean)^2)
         if raw:
             second.addcmul_(first, first, value=-1.0 / l)  # -> sum((x - mean)^2)
@@ -123,11 +150,11 @@ class SumMixer:
                     mean = torch.mul(m, wm).expand(shape).contiguous().view(n, c)  # (a copy, written in place below)
                     var = torch.mul(v, wv).expand(shape).contiguous().view(n, c)
             elif pool is None:
-                mean.add_(m, alpha=wm)
-                var.add_(v, alpha=wv)
+                _acc(mean, m, wm)
+                _acc(var, v, wv)
             else:
-                pool.view(mean).add_(m, alpha=wm)
-                pool.view(var).add_(v, alpha=wv)
+                _acc(pool.view(mean), m, wm)
+                _acc(pool.view(var), v, wv)
         return mean, var, batch_bn
 
     def backward(self, a: Tensor, b: Tensor, l: int):
@@ -140,10 +167,10 @@ class SumMixer:
                 inner_mean.append(_dot(a, m))
                 inner_var.append(_dot(b, v))
                 if d_mu is None:
-                    d_mu, d_var = a * (-wm / l), b * (-wv / l)
+                    d_mu, d_var = _scaled(a, wm, -1.0 / l), _scaled(b, wv, -1.0 / l)
                 else:
-                    d_mu.add_(a, alpha=-wm / l)
-                    d_var.add_(b, alpha=-wv / l)
+                    _acc(d_mu, a, wm, -1.0 / l)
+                    _acc(d_var, b, wv, -1.0 / l)
             elif pool is None:  # BN with fixed statistics: a gradient for the logits only
                 inner_mean.append(_dot(a.sum(0), m))
                 inner_var.append(_dot(b.sum(0), v))
@@ -155,8 +182,10 @@ class SumMixer:
                 # d_mu_in += wm / P sum(d_mu) + 2 wv / P (mu_in - mu_k) sum(d_var); d_var_in += wv / P sum(d_var)
                 if d_mu is None:
                     d_mu, d_var = torch.zeros_like(a), torch.zeros_like(b)
-                pool.view(d_mu).addcmul_(self.centered[pool.op], sb, value=-wv * scale).add_(sa, alpha=-wm * scale)
-                pool.view(d_var).add_(sb, alpha=-wv * scale)
+                d_mu_view = pool.view(d_mu)
+                _acc_product(d_mu_view, self.centered[pool.op], sb, wv, -scale)
+                _acc(d_mu_view, sa, wm, -scale)
+                _acc(pool.view(d_var), sb, wv, -scale)
         # softmax backward: d_logit = w * (inner - <w, inner>), with inner of d_mu = -a, of d_var = -b / 2
         inner = torch.stack(inner_mean + inner_var).view(2, -1)
         w = self.weights

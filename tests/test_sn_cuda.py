@@ -52,3 +52,26 @@ def test_cuda_autocast_is_finite_and_close(dtype):
     torch.testing.assert_close(out.double().cpu(), ref, atol=0.05, rtol=0.02)
     out.float().sum().backward()
     assert torch.isfinite(conv.weight.grad).all()
+
+
+def test_cuda_training_and_cached_eval_steps_do_not_synchronize_with_the_host():
+    """A host sync per layer would stall the GPU queue at every SN layer of a network. (The
+    first eval call after the layer changed reads its weights once, to fill its cache.)"""
+    layer = sn.SwitchNorm2d(16, stats=("in", "ln", "bn", "gn"), num_groups=4).cuda()
+    x = torch.randn(4, 16, 8, 8, device="cuda", requires_grad=True)
+    layer(x).sum().backward()  # warm-up (allocations, lazy initialisation)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layer(x).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    layer.eval()
+    with torch.no_grad():
+        layer(x)  # fills the inference cache
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            layer(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

@@ -5,6 +5,7 @@ import torch
 
 import sn
 from sn import functional as SNF
+from sn import fused as SNFused
 from sn import inference as SNI
 from sn_reference import reference_switch_norm
 
@@ -27,9 +28,17 @@ def _inputs(stats, dtype, seed=0, shape=(6, 8, 5)):
     return x, [p.requires_grad_() for p in params]
 
 
+@pytest.fixture(params=["host weights", "device weights"])
+def weights_form(request, monkeypatch):
+    """Both forms of the importance weights inside the fused function: Python floats (CPU) and
+    0-d tensors (what GPUs use, to avoid a host sync), the latter forced here on CPU."""
+    monkeypatch.setattr(SNFused, "HOST_WEIGHTS_ON_CPU", request.param == "host weights")
+    return request.param
+
+
 @pytest.mark.parametrize("stats,devices,groups,running",
                          [c + (False,) for c in CASES] + [c + (True,) for c in CASES if "bn" in c[0]])
-def test_fused_matches_autograd_reference_outputs_and_gradients(stats, devices, groups, running):
+def test_fused_matches_autograd_reference_outputs_and_gradients(stats, devices, groups, running, weights_form):
     x, params = _inputs(stats, torch.float64)
     kw = dict(eps=1e-5, num_groups=groups or 1, devices=devices)
     if running:
