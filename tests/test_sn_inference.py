@@ -167,3 +167,18 @@ def test_training_mode_and_batch_statistics_do_not_take_the_inference_path():
     ref = reference_switch_norm(x, untracked.mean_weight, untracked.var_weight, untracked.stats, untracked.weight,
                                 untracked.bias)
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-5)
+
+
+def test_constants_cached_under_inference_mode_serve_no_grad_calls_and_training_goes_on():
+    """Lightning validates under inference_mode; the cache it fills must not break later calls."""
+    layer = _layer(("in", "ln", "bn"), seed=9)
+    x = torch.randn(4, 8, 5, 5)
+    with torch.inference_mode():
+        first = layer(x)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), first.clone())
+    layer.train()
+    layer(x).square().mean().backward()  # a training step changes the running statistics
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).double(), _reference(layer, x), atol=2e-5, rtol=1e-5)
