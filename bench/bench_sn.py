@@ -59,10 +59,6 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def median_time(fn, device, repeats, warmup=3):
-    return median_times({"fn": fn}, device, repeats, warmup)["fn"]
-
-
 def median_times(fns, device, repeats, warmup=3):
     """Median time of every function in ``fns``, timed in turn within each repeat, so that a
     slow phase of the machine hits all of them alike."""

@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .inference import repeat_rows, row_sums
+from .inference import Pool, repeat_rows, row_sums
 
 
 # On CPU the importance weights are read to Python floats once per call (cheaper operations);
@@ -72,30 +72,6 @@ def _signs(like: Tensor) -> Tensor:
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Sum of the elementwise product of two contiguous tensors of the same size."""
     return torch.dot(a.view(-1), b.reshape(-1))
-
-
-class Pool:
-    """One pooled statistic: ``shape`` views an ``(N, C)`` tensor so that its sets are along
-    ``dim``; ``size`` rows per set."""
-
-    def __init__(self, op: str, n: int, c: int, num_groups: int, devices: int):
-        self.op = op
-        if op == "ln":
-            self.shape, self.dim, self.size = (n, c), 1, c
-        elif op == "gn":
-            self.shape, self.dim, self.size = (n, num_groups, c // num_groups), 2, c // num_groups
-        elif devices == 1:  # bn over the batch
-            self.shape, self.dim, self.size = (n, c), 0, n
-        else:  # bn per device chunk of S = N / devices samples
-            self.shape, self.dim, self.size = (devices, n // devices, c), 1, n // devices
-        self.flat = len(self.shape) == 2  # the (N, C) tensors need no view (views are not free)
-
-    def view(self, t: Tensor) -> Tensor:
-        """An ``(N, C)`` tensor seen with the sets along ``dim``."""
-        return t if self.flat else t.view(self.shape)
-
-    def sum(self, t: Tensor) -> Tensor:
-        return self.view(t).sum(self.dim, keepdim=True)
 
 
 class SumMixer:

@@ -49,13 +49,13 @@ class Constants(NamedTuple):
     """What Eqn. 3 needs besides the input, for a fixed layer state.
 
     ``w_in``: IN's (mean, variance) weights, or ``None`` without ``"in"``; ``pooled``:
-    ``(groups, mean weight, variance weight)`` of LN (one group) and GN; ``mean_base`` and
+    ``(op, groups, mean weight, variance weight)`` of LN (one group) and GN; ``mean_base`` and
     ``var_base``: ``(C,)`` tensors, the importance-weighted BN running mean and variance (zeros
     without ``"bn"``), ``eps`` added to the latter.
     """
 
     w_in: Optional[Tuple[float, float]]
-    pooled: Tuple[Tuple[int, float, float], ...]
+    pooled: Tuple[Tuple[str, int, float, float], ...]
     mean_base: Tensor
     var_base: Tensor
 
@@ -71,7 +71,7 @@ def constants(stats: Sequence[str], w_mean: Sequence[float], w_var: Sequence[flo
         if op == "in":
             w_in = (w_mean[k], w_var[k])
         elif op in ("ln", "gn"):
-            pooled.append((1 if op == "ln" else num_groups, w_mean[k], w_var[k]))
+            pooled.append((op, 1 if op == "ln" else num_groups, w_mean[k], w_var[k]))
         else:  # bn: the fixed statistics, weighted
             mean_base.add_(bn_mean.detach().to(dtype=dtype, device=device), alpha=w_mean[k])
             var_base.add_(bn_var.detach().to(dtype=dtype, device=device), alpha=w_var[k])
@@ -99,19 +99,38 @@ def row_sums(x3: Tensor) -> Tuple[Tensor, Tensor, bool]:
     return first, second.mul_(second), False
 
 
-def _pool(first: Tensor, second: Tensor, groups: int, l: int, raw_second: bool) -> Tuple[Tensor, Tensor]:
-    """Sums over groups of channels, ``sum(x)`` and ``sum((x - group mean)^2)``, from the rows'
-    sums ``(N, C)``: ``(N, 1)`` for one group (LN), else ``(N, G, 1)``."""
-    n, c = first.shape
-    per_group = c // groups
-    if groups > 1:
-        first, second = first.reshape(n, groups, per_group), second.reshape(n, groups, per_group)  # (N, G, C/G)
-    dim = first.dim() - 1
-    p_first = first.sum(dim, keepdim=True)
+class Pool:
+    """One pooled statistic: ``shape`` views an ``(N, C)`` tensor so that its sets are along
+    ``dim``; ``size`` rows per set."""
+
+    def __init__(self, op: str, n: int, c: int, num_groups: int, devices: int):
+        self.op = op
+        if op == "ln":
+            self.shape, self.dim, self.size = (n, c), 1, c
+        elif op == "gn":
+            self.shape, self.dim, self.size = (n, num_groups, c // num_groups), 2, c // num_groups
+        elif devices == 1:  # bn over the batch
+            self.shape, self.dim, self.size = (n, c), 0, n
+        else:  # bn per device chunk of S = N / devices samples
+            self.shape, self.dim, self.size = (devices, n // devices, c), 1, n // devices
+        self.flat = len(self.shape) == 2  # the (N, C) tensors need no view (views are not free)
+
+    def view(self, t: Tensor) -> Tensor:
+        """An ``(N, C)`` tensor seen with the sets along ``dim``."""
+        return t if self.flat else t.view(self.shape)
+
+    def sum(self, t: Tensor) -> Tensor:
+        return self.view(t).sum(self.dim, keepdim=True)
+
+
+def _pool(first: Tensor, second: Tensor, pool: Pool, l: int, raw_second: bool) -> Tuple[Tensor, Tensor]:
+    """Sums over ``pool``'s sets of rows, ``sum(x)`` and ``sum((x - set mean)^2)``, from the
+    rows' sums ``(N, C)``, kept broadcastable against ``pool.view``."""
+    p_first = pool.sum(first)
     if raw_second:  # sum(x^2) - sum(x)^2 / k: safe where the rows' one-pass form is
-        return p_first, second.sum(dim, keepdim=True).addcmul_(p_first, p_first, value=-1.0 / (per_group * l))
-    centered = first - p_first / per_group  # L (mean - group mean); parallel form:
-    return p_first, torch.addcmul(second, centered, centered, value=1.0 / l).sum(dim, keepdim=True)
+        return p_first, pool.sum(second).addcmul_(p_first, p_first, value=-1.0 / (pool.size * l))
+    centered = pool.view(first) - p_first / pool.size  # L (mean - set mean); parallel form:
+    return p_first, pool.sum(torch.addcmul(pool.view(second), centered, centered, value=1.0 / l))
 
 
 def mixed_moments(x3: Tensor, consts: Constants) -> Tuple[Tensor, Tensor]:
@@ -125,9 +144,10 @@ def mixed_moments(x3: Tensor, consts: Constants) -> Tuple[Tensor, Tensor]:
     n, c, l = x3.shape
     first, second, raw_second = row_sums(x3)  # (N, C) each
     pooled = []
-    for groups, w_mean, w_var in consts.pooled:
-        pooled.append((groups, w_mean / (c // groups * l), w_var / (c // groups * l),
-                       *_pool(first, second, groups, l, raw_second)))
+    for op, groups, w_mean, w_var in consts.pooled:
+        pool = Pool(op, n, c, groups, 1)
+        pooled.append((pool, w_mean / (pool.size * l), w_var / (pool.size * l),
+                       *_pool(first, second, pool, l, raw_second)))
     if raw_second:  # rows: sum(x^2) -> sum((x - mean)^2)
         second.addcmul_(first, first, value=-1.0 / l)
     w_in = consts.w_in
@@ -137,13 +157,9 @@ def mixed_moments(x3: Tensor, consts: Constants) -> Tuple[Tensor, Tensor]:
     else:
         mean = consts.mean_base.expand(n, c).clone()
         var = consts.var_base.expand(n, c).clone()
-    for groups, w_mean, w_var, p_first, p_second in pooled:
-        if groups == 1:  # LN: (N, 1) broadcasts over the channels
-            mean.add_(p_first, alpha=w_mean)
-            var.add_(p_second, alpha=w_var)
-        else:
-            mean.view(n, groups, c // groups).add_(p_first, alpha=w_mean)
-            var.view(n, groups, c // groups).add_(p_second, alpha=w_var)
+    for pool, w_mean, w_var, p_first, p_second in pooled:
+        pool.view(mean).add_(p_first, alpha=w_mean)
+        pool.view(var).add_(p_second, alpha=w_var)
     return mean, var
 
 
@@ -190,5 +206,5 @@ def switch_norm_inference(x: Tensor, consts: Constants, weight_rows: Optional[Te
     return out.view(x.shape)
 
 
-__all__: List[str] = ["Constants", "cached_constants", "constants", "mixed_moments", "repeat_rows", "row_sums", "softmax_weights",
-                      "switch_norm_inference"]
+__all__: List[str] = ["Constants", "Pool", "cached_constants", "constants", "mixed_moments", "repeat_rows",
+                      "row_sums", "softmax_weights", "switch_norm_inference"]
