@@ -16,6 +16,7 @@ from torch import nn
 
 import sn
 from sn import functional as SNF
+from sn import native as SNN
 
 from .baselines import PublishedFormSN, ThreeMomentsSN
 
@@ -35,12 +36,25 @@ class AutogradSN(sn.SwitchNorm2d):
         return out.reshape(input.shape)
 
 
+class TorchOpsSN(sn.SwitchNorm2d):
+    """Our layer on its PyTorch-operation paths (sn.fused, sn.inference): what runs on GPUs, and on
+    CPUs without a C compiler, instead of the C kernels."""
+
+    def forward(self, input):
+        enabled, SNN.ENABLED = SNN.ENABLED, False
+        try:
+            return super().forward(input)
+        finally:
+            SNN.ENABLED = enabled
+
+
 LAYERS = {
     "BatchNorm2d": lambda c: nn.BatchNorm2d(c),
     "GroupNorm(32)": lambda c: nn.GroupNorm(min(32, c), c),
     "SN published form": PublishedFormSN,
     "SN Fig.7 form": ThreeMomentsSN,
     "SN autograd (ours)": AutogradSN,
+    "SN torch ops (ours)": TorchOpsSN,
     "SN (ours)": sn.SwitchNorm2d,
 }
 
@@ -225,6 +239,10 @@ def main(argv=None):
         raise SystemExit("--device cuda given but no CUDA device is available")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# SwitchNorm2d vs BatchNorm2d on {name}, torch {torch.__version__}, float32, median of {args.repeats}")
+    if device.type == "cpu":
+        print(f"# SN (ours) on the CPU: C kernels {SNN.status()}")
+    else:  # the C kernels are CPU-only: both columns would time the same path
+        LAYERS.pop("SN torch ops (ours)")
     if args.compile:
         LAYERS["BatchNorm2d compiled"] = compiled(LAYERS["BatchNorm2d"])
         LAYERS["SN compiled (ours)"] = compiled(sn.SwitchNorm2d)

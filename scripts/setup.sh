@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-APT_PACKAGES=(chromium dataset-fashion-mnist)
+# gcc builds SN's CPU kernels on first use (sn/native.py; without it SN runs slower torch ops)
+APT_PACKAGES=(chromium dataset-fashion-mnist gcc)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,7 +1,8 @@
 """Switchable Normalization for PyTorch.
 
 Luo, Ren, Peng, Zhang, Li: "Differentiable Learning-to-Normalize via Switchable
-Normalization", ICLR 2019. Depends on torch only.
+Normalization", ICLR 2019. Depends on torch only; on CPUs it builds its C kernels
+(sn/native.py) with the system C compiler on first use, and runs without them if there is none.
 """
 from .batchnorm import PerDeviceBatchNorm
 from .convert import convert, set_devices

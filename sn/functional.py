@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import inference as SNI
+from . import native as SNN
 from .fused import FusedSwitchNorm, mixed_forward
 
 KNOWN_STATS = ("in", "ln", "bn", "gn")
@@ -165,13 +166,17 @@ def switch_norm(
 ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor]]]:
     """SN on ``x3`` ``(N, C, L)`` (float32/float64): ``(output, per-device BN batch moments or None)``.
 
-    Uses the fused autograd function when a gradient is needed, a no-graph path otherwise
+    On the CPU in float32/float64, the C kernels of :mod:`sn.native` (when they could be built).
+    Otherwise the fused autograd function when a gradient is needed, a no-graph path otherwise
     (:mod:`sn.inference` when the BN branch, if any, uses ``bn_mean``/``bn_var``).
     Not twice differentiable; :func:`switch_norm_autograd` is (and is the readable reference).
     """
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x3, mean_logits, var_logits, weight, bias)
     )
+    if SNN.applies(x3):  # float32/float64 on the CPU: the C kernels
+        return SNN.switch_norm(x3, mean_logits, var_logits, weight, bias, stats, eps=eps, num_groups=num_groups,
+                               devices=devices, bn_mean=bn_mean, bn_var=bn_var, needs_grad=needs_grad)
     if needs_grad:
         config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
         out, *batch_bn = FusedSwitchNorm.apply(x3.contiguous(), mean_logits, var_logits, weight, bias, config)

@@ -163,20 +163,32 @@ def mixed_moments(x3: Tensor, consts: Constants) -> Tuple[Tensor, Tensor]:
     return mean, var
 
 
+def _state_tensors(layer) -> Tuple[Optional[Tensor], ...]:
+    params, buffers = layer._parameters, layer._buffers  # (nn.Module's __getattr__ is slow)
+    return (params["mean_weight"], params["var_weight"], params["weight"], params["bias"],
+            buffers["running_mean"], buffers["running_var"])
+
+
+def state_key(layer, x: Tensor):
+    """What an SN ``layer``'s inference constants for ``x`` depend on: its parameters' and
+    buffers' identities and versions (in-place updates bump a tensor's ``_version``; assignments
+    change the tensor), ``eps``, statistics, and ``x``'s dtype and device. ``None`` for
+    inference tensors (made under ``torch.inference_mode``), which keep no version."""
+    try:
+        return (x.dtype, x.get_device(), layer.eps, layer.stats, layer.num_groups) + tuple(
+            None if t is None else (id(t), t.data_ptr(), t._version) for t in _state_tensors(layer))
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        return None
+
+
 def cached_constants(layer, x: Tensor) -> Tuple[Constants, Optional[Tensor], Optional[Tensor]]:
     """:class:`Constants` of the SN ``layer`` for ``x``'s dtype and device, and the affine
     parameters repeated for ``x``'s batch size; cached on the layer until one of its parameters
     or buffers changes (in-place updates bump a tensor's ``_version``; assignments change the
     tensor) or the dtype or device differs. Not cached for inference tensors (made under
     ``torch.inference_mode``), which keep no version."""
-    params, buffers = layer._parameters, layer._buffers  # (nn.Module's __getattr__ is slow)
-    tensors = (params["mean_weight"], params["var_weight"], params["weight"], params["bias"],
-               buffers["running_mean"], buffers["running_var"])
-    try:
-        key = (x.dtype, x.get_device(), layer.eps, layer.stats, layer.num_groups) + tuple(
-            None if t is None else (id(t), t.data_ptr(), t._version) for t in tensors)
-    except RuntimeError:  # "Inference tensors do not track version counter"
-        key = None
+    tensors = _state_tensors(layer)
+    key = state_key(layer, x)
     cache = layer.__dict__.get("_inference_cache")
     if key is None or cache is None or cache[0] != key:
         w_mean, w_var = softmax_weights(tensors[0], tensors[1])
@@ -207,4 +219,4 @@ def switch_norm_inference(x: Tensor, consts: Constants, weight_rows: Optional[Te
 
 
 __all__: List[str] = ["Constants", "Pool", "cached_constants", "constants", "mixed_moments", "repeat_rows",
-                      "row_sums", "softmax_weights", "switch_norm_inference"]
+                      "row_sums", "softmax_weights", "state_key", "switch_norm_inference"]

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from . import distributed as SND
 from . import functional as SNF
 from . import inference as SNI
+from . import native as SNN
 
 DEFAULT_GROUPS = 32
 _FULL_PRECISION = (torch.float32, torch.float64)
@@ -250,8 +251,11 @@ class SwitchNorm(nn.Module):
         """Forward without autograd and with fixed BN statistics (e.g. eval under ``no_grad``):
         :mod:`sn.inference`, with its constants cached. (Autocast changes none of its ops.)"""
         x = input if input.dtype in _FULL_PRECISION else input.float()  # half: statistics in float32
-        consts, weight_rows, bias_rows = SNI.cached_constants(self, x)
-        out = SNI.switch_norm_inference(x, consts, weight_rows, bias_rows)
+        if SNN.applies(x):  # CPU: the C kernels
+            out = SNN.layer_inference(self, x, SNI.state_key(self, x))
+        else:
+            consts, weight_rows, bias_rows = SNI.cached_constants(self, x)
+            out = SNI.switch_norm_inference(x, consts, weight_rows, bias_rows)
         return out if out.dtype == input.dtype else out.to(input.dtype)
 
     @torch.no_grad()

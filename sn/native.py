@@ -1,0 +1,295 @@
+"""SN's CPU kernels in C (``sn/_native.c``): built on first use, then called through ctypes.
+
+On small and mid-sized inputs the cost of SN in PyTorch operations is their number (about a
+hundred ``(N, C)``-sized operations per training step, each costing microseconds of dispatch),
+not the passes over the data. The C kernels do BatchNorm's passes over the data (forward: the
+rows' moments, then the output; backward: the rows' gradient sums, then ``dx``), multi-threaded
+with the OpenMP runtime PyTorch itself uses, and every ``(N, C)``-sized step (Eqn. 3-5, the
+Appendix, the softmax and its gradient) as plain loops in double precision.
+
+Used for contiguous float32/float64 CPU tensors when a C compiler is found (``$CC``, else
+``cc``/``gcc``/``clang``); the library is compiled once per source and compiler into
+``$SN_CACHE_DIR`` (default ``~/.cache/switchnorm``), which takes about a second. Elsewhere
+(GPUs, no compiler, ``SN_NATIVE=0`` in the environment, or :data:`ENABLED` set to False) the
+PyTorch-operation paths of :mod:`sn.fused` and :mod:`sn.inference` run; both are tested
+against the same float64 references.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+#: Use the C kernels where they apply. Tests switch it off to run the PyTorch-operation paths.
+ENABLED = os.environ.get("SN_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+OP_CODES = {"in": 0, "ln": 1, "gn": 2, "bn": 3}
+_SOURCE = Path(__file__).with_name("_native.c")
+# dtype: (C type, suffix, one-pass row moments): see row_moments in _native.c
+_TYPES = {torch.float32: ("float", "f32", 1), torch.float64: ("double", "f64", 0)}
+_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99"]
+_lock = threading.Lock()
+_state = {"tried": False, "lib": None, "error": None}
+
+
+def _compiler() -> Optional[str]:
+    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SN_CACHE_DIR")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "switchnorm"
+
+
+def _unit() -> str:
+    """The translation unit: ``_native.c``'s body once per floating type."""
+    parts = [f'#define REAL {c_type}\n#define SFX {suffix}\n#define ONE_PASS {one_pass}\n#include "{_SOURCE.name}"\n'
+             '#undef REAL\n#undef SFX\n#undef ONE_PASS\n' for c_type, suffix, one_pass in _TYPES.values()]
+    return "".join(parts)
+
+
+def _openmp() -> bool:
+    """Whether PyTorch runs on OpenMP: then the kernels use the same runtime (``libgomp``/``libomp``
+    is already loaded, so the library's reference resolves to it) and its thread count."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def _cpu_id() -> str:
+    """The CPU's feature flags (the library is built for the machine it runs on)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(cc: str) -> Path:
+    """Compile the library into the cache (once per source, compiler, flags and CPU) and return
+    its path; for this CPU's vector units if the compiler can (``-march=native``), else plain.
+    Raises ``RuntimeError`` with the compiler's output."""
+    threads = ["-fopenmp"] if _openmp() else ["-fopenmp-simd"]
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    errors = []
+    for arch in (["-march=native"], []):
+        flags = _FLAGS + arch + threads
+        key = hashlib.sha256("\0".join([_SOURCE.read_text(), _unit(), cc, version, " ".join(flags), _cpu_id(),
+                                        sys.platform]).encode()).hexdigest()[:16]
+        target = _cache_dir() / f"sn_native_{key}.so"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)  # then an atomic rename: safe when
+        os.close(fd)                                                  # several processes build at once
+        try:
+            result = subprocess.run([cc, *flags, "-I", str(_SOURCE.parent), "-x", "c", "-", "-o", tmp, "-lm"],
+                                    input=_unit(), capture_output=True, text=True)
+            if result.returncode == 0:
+                os.replace(tmp, target)
+                return target
+            errors.append(f"{cc} {' '.join(flags)}: {result.stderr.strip()}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError("\n".join(errors))
+
+
+_P, _I64, _INT, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+_FORWARD_ARGS = [_P, _P, _I64, _I64, _I64, _I64, _I64, _INT, _P, _P, _P, _P, _P, _P, _P, _F64, _P, _P, _P, _INT]
+_BACKWARD_ARGS = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT, _P, _P, _P, _P, _P, _P, _F64, _P, _P, _P, _P,
+                  _P, _P, _INT]
+
+
+def library():
+    """The loaded kernels (a ``ctypes.CDLL``), building them on the first call; ``None`` when
+    they cannot be built (the reason is in :func:`status`, and warned about once)."""
+    if _state["tried"]:
+        return _state["lib"]
+    with _lock:
+        if not _state["tried"]:
+            try:
+                cc = _compiler()
+                if cc is None:
+                    raise RuntimeError("no C compiler found (set $CC, or install gcc or clang)")
+                lib = ctypes.CDLL(str(_build(cc)))
+                for _, suffix, _ in _TYPES.values():
+                    getattr(lib, f"sn_forward_{suffix}").argtypes = _FORWARD_ARGS
+                    getattr(lib, f"sn_backward_{suffix}").argtypes = _BACKWARD_ARGS
+                _state["lib"] = lib
+            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                _state["error"] = str(err)
+                warnings.warn(f"sn: the C kernels are not available, SN runs on slower PyTorch operations "
+                              f"({err}); set SN_NATIVE=0 to silence this", RuntimeWarning, stacklevel=3)
+            _state["tried"] = True
+    return _state["lib"]
+
+
+def status() -> str:
+    """One line: whether the C kernels are in use, and if not, why."""
+    if not ENABLED:
+        return "disabled (sn.native.ENABLED is False or SN_NATIVE=0)"
+    lib = library()
+    return "in use" if lib is not None else f"unavailable: {_state['error']}"
+
+
+def applies(x: Tensor) -> bool:
+    """Whether the C kernels run SN on ``x``: a float32/float64 CPU tensor, kernels enabled and built."""
+    return ENABLED and x.dtype in _TYPES and x.device.type == "cpu" and library() is not None
+
+
+def _ptr(t: Optional[Tensor]):
+    return None if t is None else t.data_ptr()
+
+
+
+
+_OPS_ARRAYS = {}
+
+
+def _ops_array(stats: Sequence[str]):
+    """The statistic codes of ``stats`` as a C int array (cached per tuple)."""
+    stats = tuple(stats)
+    if stats not in _OPS_ARRAYS:
+        if not stats or len(set(stats)) != len(stats) or any(op not in OP_CODES for op in stats):
+            raise ValueError(f"stats must be distinct names out of {tuple(OP_CODES)}, got {stats}")
+        _OPS_ARRAYS[stats] = (ctypes.c_int * len(stats))(*(OP_CODES[op] for op in stats))
+    return _OPS_ARRAYS[stats]
+
+
+def _as(t: Optional[Tensor], dtype) -> Optional[Tensor]:
+    """``t`` detached, contiguous, in ``dtype`` (no copy when it already is)."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, gamma: Optional[Tensor], beta: Optional[Tensor],
+            stats: Sequence[str], eps: float, num_groups: int, devices: int, bn_mean: Optional[Tensor],
+            bn_var: Optional[Tensor], keep_moments: bool) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """SN of the contiguous ``x3`` ``(N, C, L)``, no graph: ``(output, rows' moments (2, N, C)
+    float64 or None, batch BN moments (2, D, C) or None)``. Every other tensor is contiguous in
+    ``x3``'s dtype (the :func:`_as` form): the logits ``(K,)``, ``gamma``/``beta`` ``(C,)`` or
+    None, and ``bn_mean``/``bn_var``, fixed ``(C,)`` statistics or None for the batch's."""
+    n, c, l = x3.shape
+    out = torch.empty_like(x3)
+    moments = torch.empty((2, n, c), dtype=torch.float64) if keep_moments else None
+    batch = "bn" in stats and bn_mean is None
+    bn_out = torch.empty((2, devices, c), dtype=x3.dtype) if batch else None
+    fn = getattr(library(), "sn_forward_" + _TYPES[x3.dtype][1])
+    status_code = fn(x3.data_ptr(), out.data_ptr(), n, c, l, num_groups, devices, len(stats), _ops_array(stats),
+                     mean_logits.data_ptr(), var_logits.data_ptr(), _ptr(bn_mean), _ptr(bn_var), _ptr(gamma),
+                     _ptr(beta), eps, _ptr(None if moments is None else moments[0]),
+                     _ptr(None if moments is None else moments[1]), _ptr(bn_out), torch.get_num_threads())
+    if status_code != 0:
+        raise MemoryError("sn: the C forward kernel could not allocate its (N, C)-sized buffers")
+    return out, moments, bn_out
+
+
+class NativeSwitchNorm(torch.autograd.Function):
+    """SN's training forward and backward in the C kernels, saving the input and the rows'
+    ``(N, C)`` moments. ``config = (stats, num_groups, devices, bn_mean, bn_var, eps)``; returns
+    the output ``(N, C, L)`` and, when the BN branch uses the batch, its per-device moments."""
+
+    @staticmethod
+    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config):
+        stats, num_groups, devices, bn_mean, bn_var, eps = config
+        dtype = x3.dtype
+        inputs = [_as(t, dtype) for t in (mean_logits, var_logits, weight, bias, bn_mean, bn_var)]
+        out, moments, bn_out = forward(x3, *inputs[:4], stats, eps, num_groups, devices, *inputs[4:],
+                                       keep_moments=True)
+        ctx.save_for_backward(x3, moments, *inputs[:3], *inputs[4:])  # (not beta)
+        ctx.config = (tuple(stats), num_groups, devices, eps)
+        ctx.dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
+        batch_bn = () if bn_out is None else (bn_out[0], bn_out[1])
+        ctx.mark_non_differentiable(*batch_bn)
+        ctx.set_materialize_grads(False)  # (no zero gradients made for the batch moments)
+        return (out,) + batch_bn
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, *unused):
+        if grad_out is None:  # the output was not used
+            return (None,) * 6
+        x3, moments, mean_logits, var_logits, gamma, bn_mean, bn_var = ctx.saved_tensors
+        stats, num_groups, devices, eps = ctx.config
+        n, c, l = x3.shape
+        needs = ctx.needs_input_grad
+        g = grad_out.contiguous()
+        if g.dtype != x3.dtype:
+            g = g.to(x3.dtype)
+        d_x = torch.empty_like(x3) if needs[0] else None
+        d_mean_logits, d_var_logits = torch.empty(len(stats), dtype=x3.dtype), torch.empty(len(stats), dtype=x3.dtype)
+        d_gamma = torch.empty(c, dtype=x3.dtype) if needs[3] else None
+        d_beta = torch.empty(c, dtype=x3.dtype) if needs[4] else None
+        fn = getattr(library(), "sn_backward_" + _TYPES[x3.dtype][1])
+        status_code = fn(g.data_ptr(), x3.data_ptr(), _ptr(d_x), n, c, l, num_groups, devices, len(stats),
+                         _ops_array(stats), mean_logits.data_ptr(), var_logits.data_ptr(), _ptr(bn_mean),
+                         _ptr(bn_var), _ptr(gamma), eps, moments[0].data_ptr(), moments[1].data_ptr(),
+                         d_mean_logits.data_ptr(), d_var_logits.data_ptr(), _ptr(d_gamma), _ptr(d_beta),
+                         torch.get_num_threads())
+        if status_code != 0:
+            raise MemoryError("sn: the C backward kernel could not allocate its (N, C)-sized buffers")
+        grads = (d_x, d_mean_logits, d_var_logits, d_gamma, d_beta)
+        return tuple(t if t is None or t.dtype == dtype else t.to(dtype)
+                     for t, dtype in zip(grads, ctx.dtypes)) + (None,)
+
+
+def switch_norm(x3, mean_logits, var_logits, weight, bias, stats, *, eps, num_groups, devices, bn_mean, bn_var,
+                needs_grad: bool):
+    """:func:`sn.functional.switch_norm` on the C kernels (``x3`` float32/float64 on the CPU)."""
+    x3 = x3.contiguous()
+    if needs_grad:
+        config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
+        out, *batch_bn = NativeSwitchNorm.apply(x3, mean_logits, var_logits, weight, bias, config)
+        return out, (tuple(batch_bn) if batch_bn else None)
+    inputs = [_as(t, x3.dtype) for t in (mean_logits, var_logits, weight, bias, bn_mean, bn_var)]
+    out, _, bn_out = forward(x3, *inputs[:4], stats, eps, num_groups, devices, *inputs[4:], keep_moments=False)
+    return out, (None if bn_out is None else (bn_out[0], bn_out[1]))
+
+
+def layer_inference(layer, x: Tensor, key) -> Tensor:
+    """Eval forward of the SN ``layer`` on ``x`` (float32/float64 CPU) with its BN branch on the
+    running statistics; its parameters and buffers in ``x``'s dtype are cached on the layer under
+    ``key`` (see :func:`sn.inference.state_key`; ``None``: not cached)."""
+    cache = layer.__dict__.get("_native_cache")
+    if key is None or cache is None or cache[0] != key:
+        params, buffers, dtype = layer._parameters, layer._buffers, x.dtype
+        fixed = "bn" in layer.stats
+        cache = (key,) + tuple(_as(t, dtype) for t in (
+            params["mean_weight"], params["var_weight"], params["weight"], params["bias"],
+            buffers["running_mean"] if fixed else None, buffers["running_var"] if fixed else None))
+        if key is not None:
+            layer.__dict__["_native_cache"] = cache
+    x = x.contiguous()
+    n, c = x.shape[0], x.shape[1]
+    out, _, _ = forward(x.view(n, c, -1), *cache[1:5], layer.stats, layer.eps, layer.num_groups or 1, 1, *cache[5:],
+                        keep_moments=False)
+    return out.view(x.shape)
+
+
+__all__ = ["ENABLED", "NativeSwitchNorm", "applies", "forward", "layer_inference", "library", "status",
+           "switch_norm"]

@@ -1,0 +1,163 @@
+"""The C kernels (sn.native): that they are built and used here, their cache and fallback, and
+numerics the shared tests (test_sn_fused.py and test_sn_inference.py run on both CPU
+implementations) do not reach: thread-count invariance, float32 rows with extreme offsets,
+and the one-pass moments' worst case."""
+import warnings
+
+import pytest
+import torch
+
+import sn
+from sn import functional as SNF
+from sn import native as SNN
+from sn_reference import reference_switch_norm
+
+
+def _layer(stats=("in", "ln", "bn"), c=16, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    layer = sn.SwitchNorm2d(c, stats=stats, **kw)
+    with torch.no_grad():
+        layer.mean_weight.copy_(torch.randn(len(stats), generator=g))
+        layer.var_weight.copy_(torch.randn(len(stats), generator=g))
+        layer.weight.copy_(torch.randn(c, generator=g))
+        layer.bias.copy_(torch.randn(c, generator=g))
+    return layer
+
+
+def _reference(layer, x):
+    return reference_switch_norm(x, layer.mean_weight, layer.var_weight, layer.stats, layer.weight, layer.bias,
+                                 eps=layer.eps, num_groups=layer.num_groups or 1, devices=layer.devices)
+
+
+def _autograd_float64(layer, x):
+    """The layer's maths in plain differentiable float64 operations (for reference gradients)."""
+    n, c = x.shape[:2]
+    params = [p.double() for p in (layer.mean_weight, layer.var_weight, layer.weight, layer.bias)]
+    out, _ = SNF.switch_norm_autograd(x.reshape(n, c, -1), *params, layer.stats, eps=layer.eps,
+                                      num_groups=layer.num_groups or 1, devices=layer.devices)
+    return out.reshape(x.shape)
+
+
+def _node(out):
+    """The name of the autograd node that made ``out`` (under the layer's final reshape)."""
+    node = out.grad_fn
+    while node is not None and type(node).__name__.startswith(("View", "Reshape")):
+        node = node.next_functions[0][0]
+    return type(node).__name__
+
+
+def test_kernels_are_built_here_and_used_for_cpu_float_inputs():
+    assert SNN.library() is not None, SNN.status()
+    assert SNN.status() == "in use"
+    assert SNN.applies(torch.zeros(1, dtype=torch.float32)) and SNN.applies(torch.zeros(1, dtype=torch.float64))
+    assert not SNN.applies(torch.zeros(1, dtype=torch.float16))
+    layer = _layer()
+    out = layer(torch.randn(4, 16, 5, 5, requires_grad=True))
+    assert _node(out) == "NativeSwitchNormBackward"
+
+
+def test_disabled_kernels_leave_the_torch_operation_path(monkeypatch):
+    monkeypatch.setattr(SNN, "ENABLED", False)
+    assert not SNN.applies(torch.zeros(1))
+    out = _layer()(torch.randn(4, 16, 5, 5, requires_grad=True))
+    assert _node(out) == "FusedSwitchNormBackward"
+
+
+def test_without_a_compiler_sn_warns_once_and_runs_on_torch_operations(monkeypatch):
+    monkeypatch.setattr(SNN, "_state", {"tried": False, "lib": None, "error": None})
+    monkeypatch.setattr(SNN, "_compiler", lambda: None)
+    layer = _layer()
+    x = torch.randn(4, 16, 5, 5, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        out = layer.double()(x)
+    assert _node(out) == "FusedSwitchNormBackward"
+    torch.testing.assert_close(out, _reference(layer, x), atol=1e-12, rtol=0)
+    assert SNN.status().startswith("unavailable: no C compiler")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer(x)
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]  # warned once only
+
+
+def test_build_is_cached_per_source_and_a_failing_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SN_CACHE_DIR", str(tmp_path))
+    cc = SNN._compiler()
+    first = SNN._build(cc)
+    assert first.parent == tmp_path and first.exists()
+    stamp = first.stat().st_mtime_ns
+    assert SNN._build(cc) == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # no temporary files left
+    with pytest.raises(RuntimeError, match="false"):
+        SNN._build("/bin/false")
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    layer = _layer(stats=("in", "ln", "bn", "gn"), num_groups=4)
+    x = torch.randn(4, 16, 32, 32) * 2 + 1  # above the size where the kernels go parallel
+    grad = torch.randn_like(x)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            xg = x.clone().requires_grad_()
+            out = layer(xg)
+            grads = torch.autograd.grad(out, [xg, layer.mean_weight, layer.var_weight, layer.weight], grad)
+            results.append((out,) + grads)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)  # each row is one thread's work, and every sum over rows is serial
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e5])
+def test_float32_training_with_large_offsets_and_an_outlying_first_value(offset):
+    """The float32 row moments are one pass over values shifted by the row's first one; here
+    the first value of every row lies 100 standard deviations out, on top of a large offset."""
+    layer = _layer()
+    x = torch.randn(4, 16, 6, 6, dtype=torch.float64) + offset
+    x.view(4, 16, -1)[:, :, 0] += 100.0
+    x32 = x.float().requires_grad_()
+    out = layer(x32)
+    ref = _reference(layer, x32.detach().double())
+    # float32 holds the offset input to about offset * 6e-8; the output can be no closer
+    tol = 4 * offset * 2.0 ** -24 * layer.weight.detach().abs().max().item()
+    torch.testing.assert_close(out.double(), ref, atol=tol + 1e-5, rtol=1e-4)
+    grad = torch.randn_like(ref)
+    xd = x32.detach().double().requires_grad_()
+    g_ref = torch.autograd.grad(_autograd_float64(layer, xd), xd, grad)[0]
+    g = torch.autograd.grad(out, x32, grad.float())[0]
+    torch.testing.assert_close(g.double(), g_ref, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 1, 1), (1, 16, 3, 3), (5, 16, 1, 1)])
+def test_degenerate_shapes_give_finite_float64_exact_results(shape):
+    layer = _layer(devices=1).double()
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 5).requires_grad_()
+    out = layer(x)
+    torch.testing.assert_close(out, _reference(layer, x), atol=1e-10, rtol=1e-10)
+    ref = _autograd_float64(layer, x)
+    grad = torch.randn_like(ref)
+    params = [x, layer.mean_weight, layer.var_weight, layer.weight, layer.bias]
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
+
+
+def test_repeated_or_unknown_statistics_are_a_clear_error():
+    x = torch.randn(2, 4, 3)
+    logits = torch.zeros(2)
+    with pytest.raises(ValueError, match="distinct names"):
+        SNF.switch_norm(x, logits, logits, None, None, ("in", "in"))
+    with pytest.raises(ValueError, match="distinct names"):
+        SNF.switch_norm(x, logits, logits, None, None, ("in", "xn"))
+
+
+def test_mixed_parameter_dtypes_return_gradients_in_each_parameters_dtype():
+    layer = _layer()
+    layer.mean_weight.data = layer.mean_weight.data.double()  # e.g. logits kept in float64
+    x = torch.randn(3, 16, 4, 4, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert layer.mean_weight.grad.dtype == torch.float64 and layer.var_weight.grad.dtype == torch.float32
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
