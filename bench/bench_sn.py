@@ -1,6 +1,6 @@
 """Speed and memory of SwitchNorm2d against BatchNorm2d, measured in the same run.
 
-    .venv/bin/python -m bench.bench_sn                 # CPU, all figures (~2-4 minutes on 2 cores)
+    .venv/bin/python -m bench.bench_sn                 # CPU, all figures (under a minute on 2 cores)
     .venv/bin/python -m bench.bench_sn --device cuda   # the same on a GPU
 
 Every figure is a median over ``--repeats`` timed runs after warm-up (the layers timed in turn

@@ -219,13 +219,15 @@ static void SN_FN(affine_rows)(const REAL *x, REAL *y, i64 rows, i64 l, const do
 }
 
 /* Forward. mean_in/var_in (N, C) receive the rows' moments (for the backward) or are NULL;
- * bn_out (2, D, C) receives the batch BN moments or is NULL. Returns 0, or -1 (no memory). */
+ * bn_out (2, D, C) receives the batch BN moments or is NULL. Returns 0, -1 (no memory) or -2
+ * (bad sizes: the caller checks them; this guards the memory). */
 int SN_FN(sn_forward)(const REAL *x, REAL *y, i64 n, i64 c, i64 l, i64 groups, i64 devices, int k,
                       const int *ops, const REAL *mean_logits, const REAL *var_logits, const REAL *bn_mean,
                       const REAL *bn_var, const REAL *gamma, const REAL *beta, double eps, double *mean_in,
                       double *var_in, REAL *bn_out, int nt) {
     Mix M;
     i64 rows = n * c;
+    if (n < 1 || c < 1 || l < 1 || groups < 1 || c % groups || devices < 1 || n % devices || k < 1 || k > 4) return -2;
     nt = threads_for(rows * l, nt);
     if (SN_FN(mix_setup)(&M, n, c, l, groups, devices, k, ops, mean_logits, var_logits, bn_mean, bn_var)) return -1;
     double *work = (double *)malloc(sizeof(double) * (size_t)(rows * (mean_in ? 3 : 5)));
@@ -285,7 +287,7 @@ static void SN_FN(grad_rows)(const REAL *g, const REAL *x, REAL *dx, i64 rows, i
 }
 
 /* The Appendix backward from the forward's row moments. Writes d_logits (2, k) and, where
- * not NULL, dx (N, C, L), d_gamma and d_beta (C,). Returns 0, or -1 (no memory). */
+ * not NULL, dx (N, C, L), d_gamma and d_beta (C,). Returns 0, -1 (no memory) or -2 (bad sizes). */
 int SN_FN(sn_backward)(const REAL *g, const REAL *x, REAL *dx, i64 n, i64 c, i64 l, i64 groups, i64 devices,
                        int k, const int *ops, const REAL *mean_logits, const REAL *var_logits,
                        const REAL *bn_mean, const REAL *bn_var, const REAL *gamma, double eps,
@@ -293,6 +295,7 @@ int SN_FN(sn_backward)(const REAL *g, const REAL *x, REAL *dx, i64 n, i64 c, i64
                        REAL *d_gamma, REAL *d_beta, int nt) {
     Mix M;
     i64 rows = n * c;
+    if (n < 1 || c < 1 || l < 1 || groups < 1 || c % groups || devices < 1 || n % devices || k < 1 || k > 4) return -2;
     nt = threads_for(rows * l, nt);
     if (SN_FN(mix_setup)(&M, n, c, l, groups, devices, k, ops, mean_logits, var_logits, bn_mean, bn_var)) return -1;
     i64 sets = n * groups > devices * c ? n * groups : devices * c;

@@ -199,6 +199,8 @@ class SwitchNorm(nn.Module):
             raise TypeError(f"expected a floating-point input, got {input.dtype}")
         if input.shape[0] == 0:
             raise ValueError("expected a non-empty batch, got batch size 0")
+        if input.numel() == 0:
+            raise ValueError(f"expected non-empty spatial dimensions, got input of shape {tuple(input.shape)}")
 
     def _uses_batch_bn(self) -> bool:
         return "bn" in self.stats and (self.training or not self.track_running_stats)

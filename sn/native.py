@@ -87,13 +87,14 @@ def _cpu_id() -> str:
 
 def _build(cc: str) -> Path:
     """Compile the library into the cache (once per source, compiler, flags and CPU) and return
-    its path; for this CPU's vector units if the compiler can (``-march=native``), else plain.
-    Raises ``RuntimeError`` with the compiler's output."""
-    threads = ["-fopenmp"] if _openmp() else ["-fopenmp-simd"]
+    its path. Raises ``RuntimeError`` with the compiler's output when no variant compiles."""
+    threads = ["-fopenmp"] if _openmp() else []
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     errors = []
-    for arch in (["-march=native"], []):
-        flags = _FLAGS + arch + threads
+    # this CPU's vector units and PyTorch's OpenMP, then without each (e.g. Apple's clang has no
+    # OpenMP: one thread); the first that compiles is kept
+    for extra in (["-march=native"] + threads, threads, []) if threads else (["-march=native"], []):
+        flags = _FLAGS + extra
         key = hashlib.sha256("\0".join([_SOURCE.read_text(), _unit(), cc, version, " ".join(flags), _cpu_id(),
                                         sys.platform]).encode()).hexdigest()[:16]
         target = _cache_dir() / f"sn_native_{key}.so"
@@ -187,6 +188,14 @@ def _as(t: Optional[Tensor], dtype) -> Optional[Tensor]:
     return t if t.is_contiguous() else t.contiguous()
 
 
+def _check(status_code: int, kernel: str, shape) -> None:
+    if status_code == -1:
+        raise MemoryError(f"sn: the C {kernel} kernel could not allocate its (N, C)-sized buffers")
+    if status_code != 0:
+        raise ValueError(f"sn: the C {kernel} kernel got sizes it cannot normalize: input (N, C, L) = "
+                         f"{tuple(shape)} (each must be >= 1, with groups dividing C and devices dividing N)")
+
+
 def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, gamma: Optional[Tensor], beta: Optional[Tensor],
             stats: Sequence[str], eps: float, num_groups: int, devices: int, bn_mean: Optional[Tensor],
             bn_var: Optional[Tensor], keep_moments: bool) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
@@ -204,8 +213,7 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, gamma: Optional
                      mean_logits.data_ptr(), var_logits.data_ptr(), _ptr(bn_mean), _ptr(bn_var), _ptr(gamma),
                      _ptr(beta), eps, _ptr(None if moments is None else moments[0]),
                      _ptr(None if moments is None else moments[1]), _ptr(bn_out), torch.get_num_threads())
-    if status_code != 0:
-        raise MemoryError("sn: the C forward kernel could not allocate its (N, C)-sized buffers")
+    _check(status_code, "forward", x3.shape)
     return out, moments, bn_out
 
 
@@ -251,8 +259,7 @@ class NativeSwitchNorm(torch.autograd.Function):
                          _ptr(bn_var), _ptr(gamma), eps, moments[0].data_ptr(), moments[1].data_ptr(),
                          d_mean_logits.data_ptr(), d_var_logits.data_ptr(), _ptr(d_gamma), _ptr(d_beta),
                          torch.get_num_threads())
-        if status_code != 0:
-            raise MemoryError("sn: the C backward kernel could not allocate its (N, C)-sized buffers")
+        _check(status_code, "backward", x3.shape)
         grads = (d_x, d_mean_logits, d_var_logits, d_gamma, d_beta)
         return tuple(t if t is None or t.dtype == dtype else t.to(dtype)
                      for t, dtype in zip(grads, ctx.dtypes)) + (None,)
@@ -262,6 +269,8 @@ def switch_norm(x3, mean_logits, var_logits, weight, bias, stats, *, eps, num_gr
                 needs_grad: bool):
     """:func:`sn.functional.switch_norm` on the C kernels (``x3`` float32/float64 on the CPU)."""
     x3 = x3.contiguous()
+    if bn_mean is not None or "bn" not in stats:
+        devices = 1  # (the chunks only matter to batch BN statistics; any batch size is fine)
     if needs_grad:
         config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
         out, *batch_bn = NativeSwitchNorm.apply(x3, mean_logits, var_logits, weight, bias, config)

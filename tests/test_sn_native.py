@@ -161,3 +161,17 @@ def test_mixed_parameter_dtypes_return_gradients_in_each_parameters_dtype():
     out.sum().backward()
     assert layer.mean_weight.grad.dtype == torch.float64 and layer.var_weight.grad.dtype == torch.float32
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+
+def test_eval_with_autograd_and_devices_takes_any_batch_size(monkeypatch):
+    """``devices`` chunks only the batch BN statistics: with running statistics (eval) a batch
+    that does not divide into them is fine, on both implementations alike."""
+    layer = _layer(devices=2).eval()
+    x = torch.randn(3, 16, 4, 4, requires_grad=True)
+    out = layer(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out, layer(x), atol=1e-6, rtol=1e-6)
+    monkeypatch.setattr(SNN, "ENABLED", False)
+    torch.testing.assert_close(out, layer(x), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="devices"):
+        layer.train()(x)
