@@ -205,16 +205,19 @@ static void SN_FN(row_moments)(const REAL *x, i64 rows, i64 l, double *mean, dou
     }
 }
 
-/* y = (x - center) * scale + shift, per row. */
+/* y = (x - center) * scale + shift, per row. The center is split into a REAL and the REAL
+ * of its remainder: x - hi is exact for x near the center (Sterbenz), so a large common offset
+ * cancels exactly and the output keeps REAL's accuracy relative to the spread, not the offset. */
 static void SN_FN(affine_rows)(const REAL *x, REAL *y, i64 rows, i64 l, const double *center,
                                const double *scale, const double *shift, int nt) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (i64 r = 0; r < rows; r++) {
         const REAL *p = x + r * l;
         REAL *o = y + r * l;
-        const REAL m = (REAL)center[r], a = (REAL)scale[r], b = (REAL)shift[r];
+        const REAL hi = (REAL)center[r], lo = (REAL)(center[r] - (double)hi);
+        const REAL a = (REAL)scale[r], b = (REAL)shift[r];
 #pragma omp simd
-        for (i64 t = 0; t < l; t++) o[t] = (p[t] - m) * a + b;
+        for (i64 t = 0; t < l; t++) o[t] = ((p[t] - hi) - lo) * a + b;
     }
 }
 
@@ -280,9 +283,10 @@ static void SN_FN(grad_rows)(const REAL *g, const REAL *x, REAL *dx, i64 rows, i
     for (i64 r = 0; r < rows; r++) {
         const REAL *gp = g + r * l, *xp = x + r * l;
         REAL *o = dx + r * l;
-        const REAL m = (REAL)mean_in[r], a = (REAL)A[r], b = (REAL)B[r], c0 = (REAL)C0[r];
+        const REAL hi = (REAL)mean_in[r], lo = (REAL)(mean_in[r] - (double)hi); /* as in affine_rows */
+        const REAL a = (REAL)A[r], b = (REAL)B[r], c0 = (REAL)C0[r];
 #pragma omp simd
-        for (i64 t = 0; t < l; t++) o[t] = a * gp[t] + b * (xp[t] - m) + c0;
+        for (i64 t = 0; t < l; t++) o[t] = a * gp[t] + b * ((xp[t] - hi) - lo) + c0;
     }
 }
 
