@@ -8,8 +8,8 @@ with the OpenMP runtime PyTorch itself uses, and every ``(N, C)``-sized step (Eq
 Appendix, the softmax and its gradient) as plain loops in double precision.
 
 Used for contiguous float32/float64 CPU tensors when a C compiler is found (``$CC``, else
-``cc``/``gcc``/``clang``); the library is compiled once per source and compiler into
-``$SN_CACHE_DIR`` (default ``~/.cache/switchnorm``), which takes about a second. Elsewhere
+``cc``/``gcc``/``clang``); the library is compiled once per source, compiler and CPU into
+``$SN_CACHE_DIR`` (default ``~/.cache/switchnorm/kernels``), which takes about a second. Elsewhere
 (GPUs, no compiler, ``SN_NATIVE=0`` in the environment, or :data:`ENABLED` set to False) the
 PyTorch-operation paths of :mod:`sn.fused` and :mod:`sn.inference` run; both are tested
 against the same float64 references.
@@ -57,7 +57,7 @@ def _cache_dir() -> Path:
     if root:
         return Path(root)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "switchnorm"
+    return Path(base) / "switchnorm" / "kernels"
 
 
 def _unit() -> str:

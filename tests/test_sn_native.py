@@ -2,6 +2,7 @@
 numerics the shared tests (test_sn_fused.py and test_sn_inference.py run on both CPU
 implementations) do not reach: thread-count invariance, float32 rows with extreme offsets,
 and the one-pass moments' worst case."""
+import os
 import warnings
 
 import pytest
@@ -175,3 +176,21 @@ def test_eval_with_autograd_and_devices_takes_any_batch_size(monkeypatch):
     torch.testing.assert_close(out, layer(x), atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="devices"):
         layer.train()(x)
+
+
+def test_processes_building_at_once_all_get_a_working_library(tmp_path):
+    """E.g. the processes of a DDP run starting on a fresh machine: each compiles to a temporary
+    file and renames it into place, so none sees a half-written library."""
+    import subprocess
+    import sys
+
+    code = ("import torch, sn; from sn import native; assert native.library() is not None, native.status(); "
+            "torch.manual_seed(0); "
+            "x = torch.randn(2, 4, 3, 3); print(float(sn.SwitchNorm2d(4)(x).abs().sum()))")
+    env = dict(os.environ, SN_CACHE_DIR=str(tmp_path), SN_NATIVE="1")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    assert len({out for out, _ in outs}) == 1  # the same input, the same result everywhere
+    assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # one library, no temporary files left
