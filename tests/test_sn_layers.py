@@ -347,6 +347,8 @@ def test_affine_false():
     (lambda: sn.SwitchNorm2d(4), torch.randn(2, 5, 3, 3), "expected 4 channels"),
     (lambda: sn.SwitchNorm2d(4, devices=3), torch.randn(4, 4, 3, 3), "batch size 4 .*devices=3"),
     (lambda: sn.SwitchNorm2d(4), torch.randn(0, 4, 3, 3), "batch size 0"),
+    (lambda: sn.SwitchNorm2d(4), torch.randn(2, 4, 0, 3), "non-empty spatial.*\\(2, 4, 0, 3\\)"),
+    (lambda: sn.SwitchNorm2d(4).eval(), torch.randn(2, 4, 3, 0), "non-empty spatial"),
 ])
 def test_bad_inputs_raise_value_error(build, x, match):
     with pytest.raises(ValueError, match=match):

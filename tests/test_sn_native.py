@@ -145,13 +145,15 @@ def test_degenerate_shapes_give_finite_float64_exact_results(shape):
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
 
 
-def test_repeated_or_unknown_statistics_are_a_clear_error():
+def test_repeated_or_unknown_statistics_and_empty_rows_are_a_clear_error():
     x = torch.randn(2, 4, 3)
     logits = torch.zeros(2)
     with pytest.raises(ValueError, match="distinct names"):
         SNF.switch_norm(x, logits, logits, None, None, ("in", "in"))
     with pytest.raises(ValueError, match="distinct names"):
         SNF.switch_norm(x, logits, logits, None, None, ("in", "xn"))
+    with pytest.raises(ValueError, match=r"\(2, 4, 0\)"):  # the kernels' own guard, behind the layer's checks
+        SNF.switch_norm(torch.randn(2, 4, 0), logits, logits, None, None, ("in", "ln"))
 
 
 def test_mixed_parameter_dtypes_return_gradients_in_each_parameters_dtype():
