@@ -158,10 +158,15 @@ static i64 set_size(const Mix *M, int op) {
 #define SN_CAT(a, b) SN_CAT2(a, b)
 #define SN_FN(name) SN_CAT(name, SFX)
 
-/* mix_init from REAL logits (k each) and fixed BN statistics (C,) or NULL. */
+/* Checks the sizes (-2 if bad), then mix_init from REAL logits (k each) and fixed BN statistics
+ * (C,) or NULL (-1: no memory). */
 static int SN_FN(mix_setup)(Mix *M, i64 n, i64 c, i64 l, i64 groups, i64 devices, int k, const int *ops,
                             const REAL *mean_logits, const REAL *var_logits, const REAL *bn_mean,
                             const REAL *bn_var) {
+    if (n < 1 || c < 1 || l < 1 || groups < 1 || c % groups || devices < 1 || n % devices || k < 1 || k > 4)
+        return -2;
+    for (int j = 0; j < k; j++)
+        if (ops[j] < OP_IN || ops[j] > OP_BN) return -2;
     double logits[8];
     for (int j = 0; j < k; j++) {
         logits[j] = (double)mean_logits[j];
@@ -230,9 +235,9 @@ int SN_FN(sn_forward)(const REAL *x, REAL *y, i64 n, i64 c, i64 l, i64 groups, i
                       double *var_in, REAL *bn_out, int nt) {
     Mix M;
     i64 rows = n * c;
-    if (n < 1 || c < 1 || l < 1 || groups < 1 || c % groups || devices < 1 || n % devices || k < 1 || k > 4) return -2;
     nt = threads_for(rows * l, nt);
-    if (SN_FN(mix_setup)(&M, n, c, l, groups, devices, k, ops, mean_logits, var_logits, bn_mean, bn_var)) return -1;
+    int err = SN_FN(mix_setup)(&M, n, c, l, groups, devices, k, ops, mean_logits, var_logits, bn_mean, bn_var);
+    if (err) return err;
     double *work = (double *)malloc(sizeof(double) * (size_t)(rows * (mean_in ? 3 : 5)));
     if (!work) { mix_free(&M); return -1; }
     double *mean = work, *scale = work + rows, *shift = work + 2 * rows;
@@ -299,9 +304,9 @@ int SN_FN(sn_backward)(const REAL *g, const REAL *x, REAL *dx, i64 n, i64 c, i64
                        REAL *d_gamma, REAL *d_beta, int nt) {
     Mix M;
     i64 rows = n * c;
-    if (n < 1 || c < 1 || l < 1 || groups < 1 || c % groups || devices < 1 || n % devices || k < 1 || k > 4) return -2;
     nt = threads_for(rows * l, nt);
-    if (SN_FN(mix_setup)(&M, n, c, l, groups, devices, k, ops, mean_logits, var_logits, bn_mean, bn_var)) return -1;
+    int err = SN_FN(mix_setup)(&M, n, c, l, groups, devices, k, ops, mean_logits, var_logits, bn_mean, bn_var);
+    if (err) return err;
     i64 sets = n * groups > devices * c ? n * groups : devices * c;
     sets = sets > n ? sets : n;
     double *work = (double *)malloc(sizeof(double) * (size_t)(8 * rows + 2 * sets + 2 * c));

@@ -7,18 +7,11 @@ import sn
 from sn import functional as SNF
 from sn import fused as SNFused
 from sn import inference as SNI
-from sn import native as SNN
 from sn_reference import reference_switch_norm
 
 
-@pytest.fixture(autouse=True, params=["C kernels", "torch ops"])
-def implementation(request, monkeypatch):
-    """Every test here runs on both CPU implementations: the C kernels (sn.native) and the
-    PyTorch-operation paths that GPUs and machines without a C compiler use."""
-    native = request.param == "C kernels"
-    assert not native or SNN.library() is not None, SNN.status()
-    monkeypatch.setattr(SNN, "ENABLED", native)
-    return request.param
+# every test here runs on both CPU implementations (see conftest.py)
+pytestmark = pytest.mark.usefixtures("implementation")
 
 CASES = [
     (("in", "ln", "bn"), 1, None),

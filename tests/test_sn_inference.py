@@ -8,18 +8,11 @@ import torch
 
 import sn
 from sn import inference as SNI
-from sn import native as SNN
 from sn_reference import reference_switch_norm
 
 
-@pytest.fixture(autouse=True, params=["C kernels", "torch ops"])
-def implementation(request, monkeypatch):
-    """Every test here runs on both CPU implementations: the C kernels (sn.native) and the
-    PyTorch-operation paths that GPUs and machines without a C compiler use."""
-    native = request.param == "C kernels"
-    assert not native or SNN.library() is not None, SNN.status()
-    monkeypatch.setattr(SNN, "ENABLED", native)
-    return request.param
+# every test here runs on both CPU implementations (see conftest.py)
+pytestmark = pytest.mark.usefixtures("implementation")
 
 STATS = [("in", "ln", "bn"), ("in", "bn"), ("ln", "bn"), ("bn",), ("in",), ("in", "ln"), ("ln", "gn"),
          ("in", "ln", "bn", "gn"), ("gn", "bn")]
