@@ -183,10 +183,8 @@ def state_key(layer, x: Tensor):
 
 def cached_constants(layer, x: Tensor) -> Tuple[Constants, Optional[Tensor], Optional[Tensor]]:
     """:class:`Constants` of the SN ``layer`` for ``x``'s dtype and device, and the affine
-    parameters repeated for ``x``'s batch size; cached on the layer until one of its parameters
-    or buffers changes (in-place updates bump a tensor's ``_version``; assignments change the
-    tensor) or the dtype or device differs. Not cached for inference tensors (made under
-    ``torch.inference_mode``), which keep no version."""
+    parameters repeated for ``x``'s batch size; cached on the layer until its :func:`state_key`
+    changes (not cached where the key is ``None``)."""
     tensors = _state_tensors(layer)
     key = state_key(layer, x)
     cache = layer.__dict__.get("_inference_cache")

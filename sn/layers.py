@@ -251,7 +251,8 @@ class SwitchNorm(nn.Module):
 
     def _forward_inference(self, input: Tensor) -> Tensor:
         """Forward without autograd and with fixed BN statistics (e.g. eval under ``no_grad``):
-        :mod:`sn.inference`, with its constants cached. (Autocast changes none of its ops.)"""
+        the C kernels on CPUs, else :mod:`sn.inference` with its constants cached. (Autocast
+        changes none of their ops.)"""
         x = input if input.dtype in _FULL_PRECISION else input.float()  # half: statistics in float32
         if SNN.applies(x):  # CPU: the C kernels
             out = SNN.layer_inference(self, x, SNI.state_key(self, x))

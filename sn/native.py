@@ -163,8 +163,6 @@ def _ptr(t: Optional[Tensor]):
     return None if t is None else t.data_ptr()
 
 
-
-
 _OPS_ARRAYS = {}
 
 
