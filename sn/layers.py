@@ -10,6 +10,7 @@ from . import distributed as SND
 from . import functional as SNF
 from . import inference as SNI
 from . import native as SNN
+from . import native_ops as SNO
 
 DEFAULT_GROUPS = 32
 _FULL_PRECISION = (torch.float32, torch.float64)
@@ -168,6 +169,8 @@ class SwitchNorm(nn.Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
         self.reset_parameters()
+        if SNN.ENABLED and self.mean_weight.device.type == "cpu":
+            SNN.library()  # build or load the C kernels now, so that a compiled first call finds them
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
@@ -239,9 +242,11 @@ class SwitchNorm(nn.Module):
             out, batch_bn = SNF.switch_norm_autograd(*args, bn_reduce=reduce, **kwargs)
             count *= world  # equal batches per process, as DDP gives
         elif torch.compiler.is_compiling():
-            # under torch.compile the plain ops trace into one graph that the compiler fuses
-            # (the fused path's host-side Python floats and checks would break the graph)
-            out, batch_bn = SNF.switch_norm_autograd(*args, **kwargs)
+            if SNN.loaded_for(x3):  # the C kernels as custom operators: one opaque node of the graph
+                out, batch_bn = SNO.switch_norm(*args, **kwargs)
+            else:  # the plain ops trace into one graph that the compiler fuses (the fused path's
+                # host-side Python floats and checks would break the graph)
+                out, batch_bn = SNF.switch_norm_autograd(*args, **kwargs)
         else:
             out, batch_bn = SNF.switch_norm(*args, **kwargs)
         if batch_bn is not None and self.training and self.track_running_stats:

@@ -124,7 +124,7 @@ _BACKWARD_ARGS = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT, _P, _P, _P, _P
 
 def library():
     """The loaded kernels (a ``ctypes.CDLL``), building them on the first call; ``None`` when
-    they cannot be built (the reason is in :func:`status`, and warned about once)."""
+    they cannot be built (the reason is in :func:`status`; :func:`applies` warns about it)."""
     if _state["tried"]:
         return _state["lib"]
     with _lock:
@@ -140,8 +140,6 @@ def library():
                 _state["lib"] = lib
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 _state["error"] = str(err)
-                warnings.warn(f"sn: the C kernels are not available, SN runs on slower PyTorch operations "
-                              f"({err}); set SN_NATIVE=0 to silence this", RuntimeWarning, stacklevel=3)
             _state["tried"] = True
     return _state["lib"]
 
@@ -155,8 +153,21 @@ def status() -> str:
 
 
 def applies(x: Tensor) -> bool:
-    """Whether the C kernels run SN on ``x``: a float32/float64 CPU tensor, kernels enabled and built."""
-    return ENABLED and x.dtype in _TYPES and x.device.type == "cpu" and library() is not None
+    """Whether the C kernels run SN on ``x``: a float32/float64 CPU tensor, kernels enabled and
+    built (building them on the first call; warns once when they cannot be)."""
+    if not (ENABLED and x.dtype in _TYPES and x.device.type == "cpu"):
+        return False
+    if library() is None and not _state.get("warned"):
+        _state["warned"] = True
+        warnings.warn(f"sn: the C kernels are not available, SN runs on slower PyTorch operations "
+                      f"({_state['error']}); set SN_NATIVE=0 to silence this", RuntimeWarning, stacklevel=3)
+    return _state["lib"] is not None
+
+
+def loaded_for(x: Tensor) -> bool:
+    """:func:`applies` without building or warning (traceable by ``torch.compile``): whether the
+    kernels are enabled, already loaded, and take ``x``."""
+    return ENABLED and x.dtype in _TYPES and x.device.type == "cpu" and _state["lib"] is not None
 
 
 def _ptr(t: Optional[Tensor]):
@@ -240,27 +251,35 @@ class NativeSwitchNorm(torch.autograd.Function):
     def backward(ctx, grad_out, *unused):
         if grad_out is None:  # the output was not used
             return (None,) * 6
-        x3, moments, mean_logits, var_logits, gamma, bn_mean, bn_var = ctx.saved_tensors
         stats, num_groups, devices, eps = ctx.config
-        n, c, l = x3.shape
         needs = ctx.needs_input_grad
-        g = grad_out.contiguous()
-        if g.dtype != x3.dtype:
-            g = g.to(x3.dtype)
-        d_x = torch.empty_like(x3) if needs[0] else None
-        d_mean_logits, d_var_logits = torch.empty(len(stats), dtype=x3.dtype), torch.empty(len(stats), dtype=x3.dtype)
-        d_gamma = torch.empty(c, dtype=x3.dtype) if needs[3] else None
-        d_beta = torch.empty(c, dtype=x3.dtype) if needs[4] else None
-        fn = getattr(library(), "sn_backward_" + _TYPES[x3.dtype][1])
-        status_code = fn(g.data_ptr(), x3.data_ptr(), _ptr(d_x), n, c, l, num_groups, devices, len(stats),
-                         _ops_array(stats), mean_logits.data_ptr(), var_logits.data_ptr(), _ptr(bn_mean),
-                         _ptr(bn_var), _ptr(gamma), eps, moments[0].data_ptr(), moments[1].data_ptr(),
-                         d_mean_logits.data_ptr(), d_var_logits.data_ptr(), _ptr(d_gamma), _ptr(d_beta),
-                         torch.get_num_threads())
-        _check(status_code, "backward", x3.shape)
-        grads = (d_x, d_mean_logits, d_var_logits, d_gamma, d_beta)
+        grads = backward(grad_out, *ctx.saved_tensors, stats, eps, num_groups, devices, needs[0], needs[3], needs[4])
         return tuple(t if t is None or t.dtype == dtype else t.to(dtype)
                      for t, dtype in zip(grads, ctx.dtypes)) + (None,)
+
+
+def backward(grad_out: Tensor, x3: Tensor, moments: Tensor, mean_logits: Tensor, var_logits: Tensor,
+             gamma: Optional[Tensor], bn_mean: Optional[Tensor], bn_var: Optional[Tensor], stats: Sequence[str],
+             eps: float, num_groups: int, devices: int, need_x: bool, need_gamma: bool, need_beta: bool):
+    """The Appendix backward, no graph: ``(dx, d_mean_logits, d_var_logits, d_gamma, d_beta)`` in
+    ``x3``'s dtype, None where not needed; the other arguments as the forward had them
+    (:func:`forward`'s, and the rows' moments it returned)."""
+    n, c, l = x3.shape
+    dtype = x3.dtype
+    g = grad_out.contiguous()
+    if g.dtype != dtype:
+        g = g.to(dtype)
+    d_x = torch.empty_like(x3) if need_x else None
+    d_mean_logits, d_var_logits = torch.empty(len(stats), dtype=dtype), torch.empty(len(stats), dtype=dtype)
+    d_gamma = torch.empty(c, dtype=dtype) if need_gamma else None
+    d_beta = torch.empty(c, dtype=dtype) if need_beta else None
+    fn = getattr(library(), "sn_backward_" + _TYPES[dtype][1])
+    status_code = fn(g.data_ptr(), x3.data_ptr(), _ptr(d_x), n, c, l, num_groups, devices, len(stats),
+                     _ops_array(stats), mean_logits.data_ptr(), var_logits.data_ptr(), _ptr(bn_mean), _ptr(bn_var),
+                     _ptr(gamma), eps, moments[0].data_ptr(), moments[1].data_ptr(), d_mean_logits.data_ptr(),
+                     d_var_logits.data_ptr(), _ptr(d_gamma), _ptr(d_beta), torch.get_num_threads())
+    _check(status_code, "backward", x3.shape)
+    return d_x, d_mean_logits, d_var_logits, d_gamma, d_beta
 
 
 def switch_norm(x3, mean_logits, var_logits, weight, bias, stats, *, eps, num_groups, devices, bn_mean, bn_var,
@@ -298,5 +317,5 @@ def layer_inference(layer, x: Tensor, key) -> Tensor:
     return out.view(x.shape)
 
 
-__all__ = ["ENABLED", "NativeSwitchNorm", "applies", "forward", "layer_inference", "library", "status",
-           "switch_norm"]
+__all__ = ["ENABLED", "NativeSwitchNorm", "applies", "backward", "forward", "layer_inference", "library",
+           "loaded_for", "status", "switch_norm"]

@@ -1,5 +1,5 @@
 """SN under torch.compile: one graph (no breaks), and the same outputs, gradients and running
-statistics as eager mode, in training and eval. Skipped where torch.compile cannot build
+statistics as eager mode, in training and eval, on both CPU implementations. Skipped where torch.compile cannot build
 kernels (e.g. no C++ compiler)."""
 import copy
 
@@ -30,11 +30,15 @@ def _compiled(layer, x):
 
 
 @pytest.mark.parametrize("stats", [("in", "ln", "bn"), ("in", "ln", "bn", "gn")])
-def test_compiled_layer_is_one_graph_and_matches_eager(stats):
+def test_compiled_layer_is_one_graph_and_matches_eager(stats, implementation):
+    """With the C kernels loaded, the graph calls them as custom operators; without (GPUs, no
+    compiler), it holds SN's plain operations for the compiler to fuse."""
     torch._dynamo.reset()
     x = torch.randn(4, 8, 5, 5) * 2 + 1
     explained = torch._dynamo.explain(_layer(stats))(x.clone().requires_grad_())
     assert explained.graph_break_count == 0, explained.break_reasons
+    targets = [str(node.target) for graph in explained.graphs for node in graph.graph.nodes]
+    assert any("switchnorm.forward" in t for t in targets) == (implementation == "C kernels"), targets
     eager, layer = _layer(stats), _layer(stats)
     compiled = _compiled(layer.eval(), x)  # (compiles the eval graph; changes no state)
     layer.train()
@@ -53,3 +57,43 @@ def test_compiled_layer_is_one_graph_and_matches_eager(stats):
     eager.eval(), layer.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)
+
+
+OPS_CASES = [  # (stats, devices, running statistics, affine, dtype)
+    (("in", "ln", "bn"), 1, False, True, torch.float32),
+    (("in", "ln", "bn", "gn"), 2, False, True, torch.float64),
+    (("in", "ln", "bn"), 2, True, False, torch.float64),
+    (("ln", "gn"), 1, False, True, torch.float32),
+]
+
+
+@pytest.mark.parametrize("stats,devices,running,affine,dtype", OPS_CASES)
+def test_custom_operators_match_the_eager_kernels_and_pass_opcheck(stats, devices, running, affine, dtype):
+    """The operators the compiled graph calls: the same outputs, batch moments and gradients as
+    the eager C kernels, and torch.library.opcheck's checks (schema, fake-tensor shapes,
+    autograd registration, AOT dispatch)."""
+    from sn import functional as SNF
+    from sn import native_ops as SNO
+
+    g = torch.Generator().manual_seed(1)
+    n, c = 4, 8
+    x = (torch.randn(n, c, 6, generator=g, dtype=dtype) * 2 + 3).requires_grad_()
+    params = [torch.randn(len(stats), generator=g, dtype=dtype).requires_grad_() for _ in range(2)]
+    params += [torch.randn(c, generator=g, dtype=dtype).requires_grad_() if affine else None for _ in range(2)]
+    kw = dict(eps=1e-5, num_groups=4 if "gn" in stats else 1, devices=devices)
+    if running:
+        kw.update(bn_mean=torch.randn(c, dtype=dtype), bn_var=torch.rand(c, dtype=dtype) + 0.5)
+    out_o, bn_o = SNO.switch_norm(x, *params, stats, **kw)
+    out_e, bn_e = SNF.switch_norm(x, *params, stats, **kw)  # (the eager C kernels)
+    torch.testing.assert_close(out_o, out_e, atol=0, rtol=0)
+    assert (bn_o is None) == (bn_e is None)
+    if bn_e is not None:
+        torch.testing.assert_close(bn_o[0], bn_e[0]), torch.testing.assert_close(bn_o[1], bn_e[1])
+    grad = torch.randn_like(out_e)
+    leaves = [t for t in [x] + params if t is not None]
+    for a, b in zip(torch.autograd.grad(out_o, leaves, grad), torch.autograd.grad(out_e, leaves, grad)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    ops = [sn.native.OP_CODES[op] for op in stats]
+    devices = devices if "bn" in stats and not running else 1
+    torch.library.opcheck(SNO.forward_op, (x, *params, kw.get("bn_mean"), kw.get("bn_var"), ops, 1e-5,
+                                           kw["num_groups"], devices))
