@@ -9,10 +9,11 @@ Appendix, the softmax and its gradient) as plain loops in double precision.
 
 Used for contiguous float32/float64 CPU tensors when a C compiler is found (``$CC``, else
 ``cc``/``gcc``/``clang``); the library is compiled once per source, compiler and CPU into
-``$SN_CACHE_DIR`` (default ``~/.cache/switchnorm/kernels``), which takes about a second. Elsewhere
-(GPUs, no compiler, ``SN_NATIVE=0`` in the environment, or :data:`ENABLED` set to False) the
-PyTorch-operation paths of :mod:`sn.fused` and :mod:`sn.inference` run; both are tested
-against the same float64 references.
+``$SN_CACHE_DIR`` (default ``~/.cache/switchnorm/kernels``), which takes about a second, and
+SN layers load it when they are made. Elsewhere (GPUs, no compiler, ``SN_NATIVE=0`` in the
+environment, or :data:`ENABLED` set to False) the PyTorch-operation paths of :mod:`sn.fused`
+and :mod:`sn.inference` run; both are tested against the same float64 references. Under
+``torch.compile`` the kernels are called as custom operators (:mod:`sn.native_ops`).
 """
 from __future__ import annotations
 
