@@ -54,11 +54,21 @@ def _compiler() -> Optional[str]:
 
 
 def _cache_dir() -> Path:
+    """``$SN_CACHE_DIR``, else ``~/.cache/switchnorm/kernels`` (``$XDG_CACHE_HOME`` honoured), else,
+    where that cannot be written, a folder of this user's in the system's temporary directory."""
     root = os.environ.get("SN_CACHE_DIR")
     if root:
         return Path(root)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "switchnorm" / "kernels"
+    path = Path(base) / "switchnorm" / "kernels"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"switchnorm-kernels-{user}"
 
 
 def _unit() -> str:

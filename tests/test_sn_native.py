@@ -92,6 +92,19 @@ def test_build_is_cached_per_source_and_a_failing_compiler_is_a_clear_error(tmp_
         SNN._build("/bin/false")
 
 
+def test_an_unwritable_cache_falls_back_to_the_temporary_directory(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.delenv("SN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))  # mkdir fails below a file
+    monkeypatch.setattr(SNN.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert SNN._cache_dir().parent == tmp_path / "tmp"
+    assert SNN._build(SNN._compiler()).parent.parent == tmp_path / "tmp"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert SNN._cache_dir() == tmp_path / "cache" / "switchnorm" / "kernels"
+
+
 def test_results_do_not_depend_on_the_thread_count():
     layer = _layer(stats=("in", "ln", "bn", "gn"), num_groups=4)
     x = torch.randn(4, 16, 32, 32) * 2 + 1  # above the size where the kernels go parallel
