@@ -5,11 +5,12 @@
  * written once for a type REAL and a suffix SFX; native.py instantiates it for float and
  * double. Layout: the input is a contiguous (N, C, L) array, row r = n * C + c.
  *
- * Numerics: every statistic and gradient sum accumulates in double. A row's moments are
- * two-pass (the row is still in cache for the second); LN, GN and BN moments are pooled from
- * the rows' in the parallel-variance form, var_set = mean(var_row + (mean_row - mean_set)^2),
- * which is exact and stable for any offset. Outputs are written as (x - mean) * scale + shift
- * so that a large common offset cancels before it is scaled.
+ * Numerics: every statistic and gradient sum accumulates in double. A row's moments come from
+ * one pass over values shifted by the row's first one (float) or two passes (double), see
+ * row_moments; LN, GN and BN moments are pooled from the rows' in the parallel-variance form,
+ * var_set = mean(var_row + (mean_row - mean_set)^2), which is exact and stable for any offset.
+ * The output and dx subtract the mean in two REAL parts before scaling, so that a large common
+ * offset cancels exactly (affine_rows).
  *
  * Statistic codes (ops[]): 0 IN, 1 LN, 2 GN, 3 BN. BN uses bn_mean/bn_var (C,) when given
  * (running statistics), else the batch, per chunk of N / devices samples.
