@@ -208,6 +208,12 @@ def _as(t: Optional[Tensor], dtype) -> Optional[Tensor]:
     return t if t.is_contiguous() else t.contiguous()
 
 
+def batch_chunks(stats: Sequence[str], bn_mean: Optional[Tensor], devices: int) -> int:
+    """The chunks the kernels split the batch into: ``devices`` where the BN branch uses the
+    batch's statistics, else 1 (the chunks matter to nothing else; any batch size is fine)."""
+    return devices if "bn" in stats and bn_mean is None else 1
+
+
 def _check(status_code: int, kernel: str, shape) -> None:
     if status_code == -1:
         raise MemoryError(f"sn: the C {kernel} kernel could not allocate its (N, C)-sized buffers")
@@ -297,8 +303,7 @@ def switch_norm(x3, mean_logits, var_logits, weight, bias, stats, *, eps, num_gr
                 needs_grad: bool):
     """:func:`sn.functional.switch_norm` on the C kernels (``x3`` float32/float64 on the CPU)."""
     x3 = x3.contiguous()
-    if bn_mean is not None or "bn" not in stats:
-        devices = 1  # (the chunks only matter to batch BN statistics; any batch size is fine)
+    devices = batch_chunks(stats, bn_mean, devices)
     if needs_grad:
         config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
         out, *batch_bn = NativeSwitchNorm.apply(x3, mean_logits, var_logits, weight, bias, config)
@@ -328,5 +333,5 @@ def layer_inference(layer, x: Tensor, key) -> Tensor:
     return out.view(x.shape)
 
 
-__all__ = ["ENABLED", "NativeSwitchNorm", "applies", "backward", "forward", "layer_inference", "library",
-           "loaded_for", "status", "switch_norm"]
+__all__ = ["ENABLED", "NativeSwitchNorm", "applies", "backward", "batch_chunks", "forward", "layer_inference",
+           "library", "loaded_for", "status", "switch_norm"]

@@ -97,8 +97,7 @@ forward_op.register_autograd(_backward, setup_context=_setup_context)
 def switch_norm(x3, mean_logits, var_logits, weight, bias, stats, *, eps, num_groups, devices, bn_mean=None,
                 bn_var=None):
     """:func:`sn.functional.switch_norm` through the custom operators (float32/float64 CPU)."""
-    if bn_mean is not None or "bn" not in stats:
-        devices = 1  # (the chunks only matter to batch BN statistics)
+    devices = SNN.batch_chunks(stats, bn_mean, devices)
     ops = [SNN.OP_CODES[op] for op in stats]
     out, _, bn_out = forward_op(x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var, ops, eps, num_groups,
                                 devices)
