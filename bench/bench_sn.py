@@ -8,6 +8,7 @@ within each repeat), printed with its ratio to BatchNorm2d on the same input. Ma
 noisy: compare ratios, not milliseconds.
 """
 import argparse
+import functools
 import statistics
 import time
 
@@ -15,7 +16,6 @@ import torch
 from torch import nn
 
 import sn
-from sn import functional as SNF
 from sn import native as SNN
 
 from .baselines import PublishedFormSN, ThreeMomentsSN
@@ -23,38 +23,15 @@ from .baselines import PublishedFormSN, ThreeMomentsSN
 SHAPES = [(8, 64, 56), (32, 64, 32), (8, 256, 14), (2, 64, 56), (32, 16, 28)]
 
 
-class AutogradSN(sn.SwitchNorm2d):
-    """Our layer through its plain-autograd reference path (no fused backward, no inference path)."""
-
-    def forward(self, input):
-        n, c = input.shape[:2]
-        use_running = not self._uses_batch_bn()
-        out, _ = SNF.switch_norm_autograd(
-            input.reshape(n, c, -1), self.mean_weight, self.var_weight, self.weight, self.bias, self.stats,
-            eps=self.eps, bn_mean=self.running_mean if use_running else None,
-            bn_var=self.running_var if use_running else None)
-        return out.reshape(input.shape)
-
-
-class TorchOpsSN(sn.SwitchNorm2d):
-    """Our layer on its PyTorch-operation paths (sn.fused, sn.inference): what runs on GPUs, and on
-    CPUs without a C compiler, instead of the C kernels."""
-
-    def forward(self, input):
-        enabled, SNN.ENABLED = SNN.ENABLED, False
-        try:
-            return super().forward(input)
-        finally:
-            SNN.ENABLED = enabled
-
-
 LAYERS = {
     "BatchNorm2d": lambda c: nn.BatchNorm2d(c),
     "GroupNorm(32)": lambda c: nn.GroupNorm(min(32, c), c),
     "SN published form": PublishedFormSN,
     "SN Fig.7 form": ThreeMomentsSN,
-    "SN autograd (ours)": AutogradSN,
-    "SN torch ops (ours)": TorchOpsSN,
+    # our layer on each of its eager paths: plain autograd operations ("composite"), the PyTorch-operation
+    # path GPUs and CPUs without a C compiler run ("torch"), and as it runs here (the C kernels on CPUs)
+    "SN autograd (ours)": functools.partial(sn.SwitchNorm2d, implementation="composite"),
+    "SN torch ops (ours)": functools.partial(sn.SwitchNorm2d, implementation="torch"),
     "SN (ours)": sn.SwitchNorm2d,
 }
 
@@ -114,14 +91,16 @@ def parse_shapes(text):
     return shapes
 
 
-def bench_layers(device, repeats, shapes=SHAPES, dtype=torch.float32):
+def bench_layers(device, repeats, shapes=SHAPES, dtype=torch.float32, names=None,
+                 memory_format=torch.contiguous_format):
+    """Train, eval and saved-memory figures of the layers ``names`` (default: all of LAYERS)."""
     rows = []
     for n, c, hw in shapes:
-        x = torch.randn(n, c, hw, hw, device=device, dtype=dtype)
+        x = torch.randn(n, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=memory_format)
         grad = torch.randn_like(x)
         xg = x.clone().requires_grad_()
         row = {"shape": (n, c, hw)}
-        layers = {name: build(c).to(device) for name, build in LAYERS.items()}
+        layers = {name: LAYERS[name](c).to(device) for name in (names or LAYERS)}
 
         def train_step(layer):
             return lambda: layer(xg).backward(grad)
@@ -145,9 +124,9 @@ def bench_layers(device, repeats, shapes=SHAPES, dtype=torch.float32):
     return rows
 
 
-def print_table(rows, kind, unit):
-    names = list(LAYERS)
-    print(f"\n### {kind}: {unit}, ratio to BatchNorm2d\n")
+def print_table(rows, kind, unit, names=None, title=None):
+    names = list(names or LAYERS)
+    print(f"\n### {title or kind}: {unit}, ratio to BatchNorm2d\n")
     print("| shape (N, C, H=W) | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     ratios = {name: [] for name in names}
@@ -250,9 +229,15 @@ def main(argv=None):
     train = print_table(rows, "train", "time")
     evalr = print_table(rows, "eval", "time")
     memory = print_table(rows, "memory", "memory")
+    # channels_last inputs (both layers keep the format; SN's kernels read NCHW, so SN converts)
+    cl_names = ["BatchNorm2d", "SN (ours)"]
+    cl_rows = bench_layers(device, args.repeats, args.shapes, names=cl_names, memory_format=torch.channels_last)
+    cl_train = print_table(cl_rows, "train", "time", cl_names, "train, channels_last input")
+    cl_eval = print_table(cl_rows, "eval", "time", cl_names, "eval, channels_last input")
     summary = [f"train fwd+bwd median {train['SN (ours)']:.2f}x BN",
                f"eval median {evalr['SN (ours)']:.2f}x BN",
-               f"saved memory median {memory['SN (ours)']:.2f}x BN"]
+               f"saved memory median {memory['SN (ours)']:.2f}x BN",
+               f"channels_last train median {cl_train['SN (ours)']:.2f}x BN, eval {cl_eval['SN (ours)']:.2f}x BN"]
     if args.compile:
         for kind, table in (("train", train), ("eval", evalr)):
             summary.append(f"compiled {kind} median {table['SN compiled (ours)']:.2f}x BN "

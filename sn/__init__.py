@@ -6,7 +6,8 @@ Normalization", ICLR 2019. Depends on torch only; on CPUs it builds its C kernel
 """
 from .batchnorm import PerDeviceBatchNorm
 from .convert import convert, set_devices
-from .functional import KNOWN_STATS
+from .config import KNOWN_STATS
+from .functional import implementation, switch_norm
 from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 from .registry import NORMS, make_norm, norm_names
 from .stats import update_stats
@@ -23,10 +24,12 @@ __all__ = [
     "SwitchNorm2d",
     "SwitchNorm3d",
     "convert",
+    "implementation",
     "make_norm",
     "norm_names",
     "param_groups",
     "set_devices",
+    "switch_norm",
     "switch_norm_layers",
     "switch_weights",
     "update_stats",

@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .moments import pool_moments
+
 
 def group_size(group=None) -> int:
     """World size of ``group``, or 1 when no process group is initialised."""
@@ -41,17 +43,17 @@ def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
 def sync_moments(mean: Tensor, var: Tensor, count: int, group=None) -> Tuple[Tensor, Tensor]:
     """Pool per-process moments ``(1, C)`` of ``count`` elements per channel into global ones.
 
-    Stable (parallel-variance) form, exact for unequal counts::
+    :func:`sn.moments.pool_moments` with the sets spanning the processes, each process's rows
+    weighted by its count (exact for unequal counts)::
 
         M = sum_p n_p m_p / N,   V = sum_p n_p (v_p + (m_p - M)^2) / N
 
-    Two all-reduces, both differentiable.
+    The two sums are differentiable all-reduces.
     """
-    n = torch.tensor([float(count)], dtype=mean.dtype, device=mean.device)
-    total = all_reduce_sum(torch.cat([n, (mean * count).reshape(-1)]), group)  # (1 + C,)
-    global_mean = (total[1:] / total[0]).reshape(mean.shape)
-    spread = all_reduce_sum(((var + (mean - global_mean).square()) * count).reshape(-1), group)
-    return global_mean, (spread / total[0]).reshape(var.shape)
+    total = torch.tensor([float(count)], dtype=mean.dtype, device=mean.device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    global_mean, global_var, _ = pool_moments(mean, var, lambda t: all_reduce_sum(t * count, group), total)
+    return global_mean, global_var
 
 
 @torch.no_grad()

@@ -1,216 +1,287 @@
-"""Functional core of Switchable Normalization.
+"""SN's functional entry point, and the one place that picks the implementation of a call.
 
-Everything here works on a 3-d view ``(N, C, L)`` of the input (``L`` is the product of the
-spatial sizes, 1 for ``(N, C)`` features). The per-(sample, channel) statistics of IN are
-computed once; LN, GN and BN statistics are derived from them (Eqn. 5 of the paper), but in
-the numerically stable "parallel variance" form
+:class:`sn.SwitchNorm` holds parameters and buffers and calls :func:`switch_norm`, as
+PyTorch's norm modules call ``torch.nn.functional``. :func:`select_implementation` decides,
+from the call's context, which of four implementations runs:
 
-    var_group = mean(var_in) + mean((mu_in - mu_group) ** 2)
+==================  ======================================================================
+``"native"``        the C kernels (:mod:`sn.native`): eager float32/float64 on CPUs
+``"native-op"``     the same kernels as custom operators (:mod:`sn.native_ops`), under
+                    ``torch.compile`` on CPUs
+``"torch"``         PyTorch operations in BatchNorm's passes (:mod:`sn.fused`): GPUs, and
+                    CPUs without a C compiler
+``"composite"``     plain differentiable operations (:mod:`sn.composite`): tracing
+                    (``torch.jit.trace``, ``torch.export``, ONNX export), ``torch.func``
+                    transforms, synchronized SN across processes, ``torch.compile`` where
+                    the C kernels do not apply
+==================  ======================================================================
 
-instead of the printed ``mean(var_in + mu_in ** 2) - mu_group ** 2``, which cancels
-catastrophically for inputs with a large mean (at a mean of 1e4 in float32 the printed form
-loses every digit and can go negative, giving NaN under the square root). All variances are
-biased (divide by the number of elements), so a 1x1 map or a batch of one gives a variance of
-exactly zero instead of NaN.
+A preference for the eager paths comes from the ``implementation=`` argument, else the
+:func:`implementation` context manager, else the environment (``SN_NATIVE=0`` prefers
+``"torch"``), else ``"auto"``. Contexts that need ordinary PyTorch operations (tracing, export,
+``torch.func``, sync) always take ``"composite"``, whatever the preference. Double backward
+works on every path: the fused and C backwards return the composite form's gradients as a
+graph when called with ``create_graph=True``.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import contextlib
+import contextvars
+import os
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from . import inference as SNI
+from . import composite, fused
+from . import distributed as SND
 from . import native as SNN
-from .fused import FusedSwitchNorm, mixed_forward
+from . import native_ops as SNO
+from .config import KNOWN_STATS, Config
 
-KNOWN_STATS = ("in", "ln", "bn", "gn")
+PREFERENCES = ("auto", "native", "torch", "composite")
+_FULL_PRECISION = (torch.float32, torch.float64)
+_PREFERENCE: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("sn_implementation", default=None)
 
 
-def instance_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
-    """Mean and biased variance over the last dim of ``x3`` ``(N, C, L)``, two-pass.
+def _environment_preference() -> str:
+    off = os.environ.get("SN_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+    return "torch" if off else "auto"
 
-    Returns two ``(N, C)`` tensors.
+
+def check_preference(name) -> str:
+    if name not in PREFERENCES:
+        raise ValueError(f"implementation must be one of {PREFERENCES}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def implementation(name: str):
+    """Prefer an implementation for every SN call in this block (and thread/task)::
+
+        with sn.implementation("torch"):    # the PyTorch-operation paths, also on CPUs
+            model(x)
+
+    ``name``: ``"auto"`` (the C kernels where they apply, else PyTorch operations), ``"native"``
+    (the C kernels; an error where they cannot run), ``"torch"`` or ``"composite"``. A layer's own
+    ``implementation=`` argument takes precedence.
     """
-    mean = x3.mean(dim=2)  # (N, C)
-    var = (x3 - mean.unsqueeze(2)).square().mean(dim=2)  # (N, C)
-    return mean, var
+    token = _PREFERENCE.set(check_preference(name))
+    try:
+        yield
+    finally:
+        _PREFERENCE.reset(token)
 
 
-def pool_moments(mean: Tensor, var: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
-    """Moments of the union of equal-sized groups, from each group's mean and biased variance.
-
-    ``mean`` and ``var`` hold the moments of equal-sized groups along ``dim``; returns the
-    moments of their union, with ``dim`` kept (size 1). Stable for large offsets because the
-    spread of the means is measured from their own average.
-    """
-    pooled_mean = mean.mean(dim=dim, keepdim=True)
-    pooled_var = (var + (mean - pooled_mean).square()).mean(dim=dim, keepdim=True)
-    return pooled_mean, pooled_var
+def preference(requested: Optional[str] = None) -> str:
+    """The preference in force: ``requested``, else :func:`implementation`'s, else the environment's."""
+    if requested is not None:
+        return check_preference(requested)
+    return _PREFERENCE.get() or _environment_preference()
 
 
-def group_moments(mean_in: Tensor, var_in: Tensor, num_groups: int) -> Tuple[Tensor, Tensor]:
-    """GN statistics from IN statistics ``(N, C)``, broadcast back to ``(N, C)``."""
-    n, c = mean_in.shape
-    m, v = pool_moments(
-        mean_in.reshape(n, num_groups, c // num_groups),  # (N, G, C/G)
-        var_in.reshape(n, num_groups, c // num_groups),
-        dim=2,
-    )  # (N, G, 1)
-    return m.expand(n, num_groups, c // num_groups).reshape(n, c), v.expand(
-        n, num_groups, c // num_groups
-    ).reshape(n, c)
+def traced_context() -> Optional[str]:
+    """The name of the context that needs SN in ordinary PyTorch operations, or ``None``
+    (``torch.compile`` is not one: it takes the C kernels as custom operators)."""
+    if torch.jit.is_tracing():
+        return "torch.onnx.export" if torch.onnx.is_in_onnx_export() else "torch.jit.trace"
+    if torch.compiler.is_exporting():
+        return "torch.export"
+    if torch.compiler.is_compiling():  # (dynamo's tracing shows a functorch interpreter too)
+        return None
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return "torch.func"
+    return None
 
 
-def batch_moments(mean_in: Tensor, var_in: Tensor, devices: int) -> Tuple[Tensor, Tensor]:
-    """BN statistics per device chunk from IN statistics ``(N, C)``.
-
-    The batch is split into ``devices`` equal consecutive chunks of ``S = N / devices`` samples,
-    as the paper computes BN statistics within each GPU. Returns two ``(devices, C)`` tensors.
-    """
-    n, c = mean_in.shape
-    m, v = pool_moments(
-        mean_in.reshape(devices, n // devices, c),  # (D, S, C)
-        var_in.reshape(devices, n // devices, c),
-        dim=1,
-    )  # (D, 1, C)
-    return m.squeeze(1), v.squeeze(1)
-
-
-def expand_devices(stat: Tensor, n: int) -> Tensor:
-    """``(D, C)`` per-device statistics -> ``(N, C)``, one row per sample."""
-    d, c = stat.shape
-    return stat.unsqueeze(1).expand(d, n // d, c).reshape(n, c)
+def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional[str] = None) -> str:
+    """``"native"``, ``"native-op"``, ``"torch"`` or ``"composite"`` for SN on ``x3`` (the
+    ``(N, C, L)`` view, already float32/float64) in the current context (see the module
+    docstring). Raises ``ValueError`` when ``"native"`` is requested where it cannot run."""
+    wanted = preference(requested)
+    if sync or traced_context() is not None:
+        return "composite"
+    if torch.compiler.is_compiling():
+        return "native-op" if wanted in ("auto", "native") and SNN.loaded_for(x3) else "composite"
+    if wanted in ("auto", "native") and SNN.takes(x3):
+        return "native"
+    if wanted == "native":
+        raise ValueError(f"implementation='native' runs float32/float64 CPU tensors with built kernels; got a "
+                         f"{x3.dtype} tensor on {x3.device} (C kernels: {SNN.status()})")
+    return "composite" if wanted == "composite" else "torch"
 
 
-def mix_statistics(
-    mean_in: Tensor,
-    var_in: Tensor,
-    mean_logits: Tensor,
-    var_logits: Tensor,
-    stats: Sequence[str],
-    *,
-    num_groups: int = 1,
-    devices: int = 1,
-    bn_mean: Optional[Tensor] = None,
-    bn_var: Optional[Tensor] = None,
-    bn_reduce=None,
-) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
-    """The mixed mean and variance of Eqn. 3 for every (sample, channel), from IN moments.
+_CHECKED_STATS = set()
+
+
+def check_stats(stats: Sequence[str]):
+    """``stats`` as a tuple of distinct known names (``ValueError``/``TypeError`` otherwise)."""
+    if isinstance(stats, str):
+        raise TypeError(f"stats must be a tuple of names such as ('in', 'ln', 'bn'), got the string {stats!r}")
+    stats = tuple(stats)
+    if stats in _CHECKED_STATS:
+        return stats
+    if not stats:
+        raise ValueError("stats must name at least one statistic out of " + repr(KNOWN_STATS))
+    unknown = [s for s in stats if s not in KNOWN_STATS]
+    if unknown:
+        raise ValueError(f"unknown statistics {unknown} in stats={stats}; known: {KNOWN_STATS}")
+    if len(set(stats)) != len(stats):
+        raise ValueError(f"stats={stats} names a statistic twice")
+    _CHECKED_STATS.add(stats)
+    return stats
+
+
+def _check_call(input: Tensor, mean_weight: Tensor, var_weight: Tensor, stats, num_groups: int, devices: int,
+                batch_bn: bool, tensors) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"switch_norm expects a Tensor input, got {type(input).__name__}")
+    if input.dim() < 2:
+        raise ValueError(f"expected an (N, C, *) input, got a {input.dim()}D input of shape {tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise TypeError(f"expected a floating-point input, got {input.dtype}")
+    n, c = input.shape[0], input.shape[1]
+    if n == 0:
+        raise ValueError("expected a non-empty batch, got batch size 0")
+    if input.numel() == 0:
+        raise ValueError(f"expected non-empty spatial dimensions, got input of shape {tuple(input.shape)}")
+    for name, logits in (("mean_weight", mean_weight), ("var_weight", var_weight)):
+        if logits.shape != (len(stats),):
+            raise ValueError(f"{name} must hold one logit per statistic of {stats}, got shape {tuple(logits.shape)}")
+    for name, t in tensors:
+        if t is not None and t.shape != (c,):
+            raise ValueError(f"{name} must have shape ({c},) for an input of {c} channels, got {tuple(t.shape)}")
+    if "gn" in stats and (num_groups < 1 or c % num_groups):
+        raise ValueError(f"num_groups={num_groups} must be a positive divisor of the {c} channels")
+    if batch_bn and n % devices:
+        raise ValueError(f"batch size {n} is not divisible by devices={devices}: per-device statistics "
+                         f"need {devices} equal chunks")
+
+
+def switch_norm(input: Tensor, mean_weight: Tensor, var_weight: Tensor, running_mean: Optional[Tensor] = None,
+                running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                training: bool = False, momentum=0.1, eps: float = 1e-5,
+                stats: Sequence[str] = ("in", "ln", "bn"), num_groups: int = 1, devices: int = 1,
+                sync: bool = False, process_group=None, implementation: Optional[str] = None) -> Tensor:
+    r"""Switchable Normalization of an ``(N, C, *)`` input (see :class:`sn.SwitchNorm`).
+
+    Like ``torch.nn.functional.batch_norm``: the BN branch uses the batch's statistics when
+    ``training`` or when no running statistics are given, else ``running_mean``/``running_var``;
+    in training with running statistics those are updated in place by the per-device batch
+    statistics' average, ``new = (1 - momentum) * old + momentum * batch`` with the unbiased
+    batch variance (``momentum`` a number or a 0-d tensor).
 
     Args:
-        mean_in, var_in: ``(N, C)`` per-(sample, channel) mean and biased variance.
-        mean_logits, var_logits: importance logits, one per entry of ``stats``.
-        stats: names of the statistics mixed, out of ``KNOWN_STATS``.
-        num_groups: groups of the GN statistics.
-        devices: chunks for the BN statistics when they come from the batch.
-        bn_mean, bn_var: ``(C,)`` statistics used for the BN branch instead of the batch's
-            (running statistics in eval mode).
-        bn_reduce: ``f(mean, var) -> (mean, var)`` applied to the batch's ``(1, C)`` BN moments
-            (synchronized SN pools them across processes); only with ``devices=1``.
+        input: ``(N, C, *)``, any floating dtype (half precision: statistics in float32).
+        mean_weight, var_weight: the importance logits, one per entry of ``stats``.
+        running_mean, running_var: ``(C,)`` BN statistics, or ``None``.
+        weight, bias: the ``(C,)`` affine parameters, or ``None``.
+        stats: the statistics mixed, out of ``"in"``, ``"ln"``, ``"bn"``, ``"gn"``.
+        num_groups: GN's groups; devices: equal batch chunks of the BN statistics.
+        sync: pool the BN statistics over the processes of ``process_group`` (DDP).
+        implementation: the preferred implementation (:data:`PREFERENCES`); see the module docstring.
 
     Returns:
-        ``(mean, var, batch_bn)``: mixed ``(N, C)`` mean and variance, and the per-device
-        batch statistics ``(D, C)`` of the BN branch when they were computed from the batch
-        (for the running averages), else ``None``.
+        the output, with the input's shape, dtype and memory format.
     """
-    n, c = mean_in.shape
-    means, variances, batch_bn = [], [], None
-    for op in stats:
-        if op == "in":
-            m, v = mean_in, var_in
-        elif op == "ln":
-            m, v = pool_moments(mean_in, var_in, dim=1)  # (N, 1)
-        elif op == "gn":
-            m, v = group_moments(mean_in, var_in, num_groups)
-        elif op == "bn":
-            if bn_mean is not None:
-                m, v = bn_mean.to(mean_in.dtype).unsqueeze(0), bn_var.to(mean_in.dtype).unsqueeze(0)
-            elif devices == 1:
-                m, v = pool_moments(mean_in, var_in, dim=0)  # (1, C)
-                if bn_reduce is not None:
-                    m, v = bn_reduce(m, v)
-                batch_bn = (m.detach(), v.detach())
-            else:
-                m, v = batch_moments(mean_in, var_in, devices)  # (D, C)
-                batch_bn = (m.detach(), v.detach())
-                m, v = expand_devices(m, n), expand_devices(v, n)
-        else:  # validated by the module; a bug if reached
-            raise AssertionError(f"unknown statistic {op!r}")
-        means.append(m)
-        variances.append(v)
-    w_mean = torch.softmax(mean_logits.to(mean_in.dtype), dim=0)
-    w_var = torch.softmax(var_logits.to(mean_in.dtype), dim=0)
-    mean = means[0] * w_mean[0]
-    var = variances[0] * w_var[0]
-    for k in range(1, len(means)):
-        mean = mean + means[k] * w_mean[k]
-        var = var + variances[k] * w_var[k]
-    return mean.expand(n, c), var.expand(n, c), batch_bn
+    stats = check_stats(stats)
+    batch_bn = "bn" in stats and (training or running_mean is None)
+    _check_call(input, mean_weight, var_weight, stats, num_groups, devices, batch_bn,
+                (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)))
+    device_type = input.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type=device_type, enabled=False):
+            return _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weight, bias, training,
+                                momentum, eps, stats, num_groups, devices, sync, process_group, implementation)
+    return _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weight, bias, training, momentum,
+                        eps, stats, num_groups, devices, sync, process_group, implementation)
 
 
-
-def switch_norm(
-    x3: Tensor,
-    mean_logits: Tensor,
-    var_logits: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    stats: Sequence[str],
-    *,
-    eps: float = 1e-5,
-    num_groups: int = 1,
-    devices: int = 1,
-    bn_mean: Optional[Tensor] = None,
-    bn_var: Optional[Tensor] = None,
-) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor]]]:
-    """SN on ``x3`` ``(N, C, L)`` (float32/float64): ``(output, per-device BN batch moments or None)``.
-
-    On the CPU in float32/float64, the C kernels of :mod:`sn.native` (when they could be built).
-    Otherwise the fused autograd function when a gradient is needed, a no-graph path otherwise
-    (:mod:`sn.inference` when the BN branch, if any, uses ``bn_mean``/``bn_var``).
-    Not twice differentiable; :func:`switch_norm_autograd` is (and is the readable reference).
-    """
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x3, mean_logits, var_logits, weight, bias)
-    )
-    if SNN.applies(x3):  # float32/float64 on the CPU: the C kernels
-        return SNN.switch_norm(x3, mean_logits, var_logits, weight, bias, stats, eps=eps, num_groups=num_groups,
-                               devices=devices, bn_mean=bn_mean, bn_var=bn_var, needs_grad=needs_grad)
-    if needs_grad:
-        config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
-        out, *batch_bn = FusedSwitchNorm.apply(x3.contiguous(), mean_logits, var_logits, weight, bias, config)
-        return out, (tuple(batch_bn) if batch_bn else None)
-    n, c, _ = x3.shape
-    dtype = x3.dtype
-    if bn_mean is not None or "bn" not in stats:  # inference: no batch statistics to return
-        consts = SNI.constants(stats, *SNI.softmax_weights(mean_logits, var_logits), c, num_groups, bn_mean,
-                               bn_var, eps, dtype, x3.device)
-        rows = [SNI.repeat_rows(p, n, dtype, x3.device) for p in (weight, bias)]
-        return SNI.switch_norm_inference(x3, consts, *rows), None
-    config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
-    out, batch_bn, _, _, _ = mixed_forward(x3.contiguous(), mean_logits, var_logits, weight, bias, config)
-    return out, batch_bn
+def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weight, bias, training, momentum, eps,
+                 stats, num_groups, devices, sync, process_group, requested):
+    n, c = input.shape[0], input.shape[1]
+    x3 = input.reshape(n, c, -1)  # (N, C, L)
+    if x3.dtype not in _FULL_PRECISION:
+        x3 = x3.float()  # half / bfloat16: statistics in float32
+    use_batch = "bn" in stats and (training or running_mean is None)
+    bn_mean, bn_var = (None, None) if use_batch or "bn" not in stats else (running_mean, running_var)
+    config = Config(stats, num_groups if "gn" in stats else 1, devices if use_batch else 1, eps)
+    count = (n // config.devices) * x3.shape[2]  # elements per channel in one BN chunk
+    world = SND.group_size(process_group) if sync and use_batch else 1
+    path = select_implementation(x3, sync=world > 1, requested=requested)
+    args = (x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var)
+    if path == "native":
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x3, mean_weight, var_weight, weight, bias))
+        out, moments = SNN.switch_norm(*args, needs_grad=needs_grad)
+    elif path == "native-op":
+        out, moments = SNO.switch_norm(*args)
+    elif path == "torch":
+        out, moments = _torch_ops(*args)
+    elif world > 1:
+        out, moments = composite.switch_norm(*args, bn_reduce=lambda m, v: SND.sync_moments(m, v, count,
+                                                                                            process_group))
+        count *= world  # equal batches per process, as DDP gives
+    else:
+        out, moments = composite.switch_norm(*args)
+    if moments is not None and training and running_mean is not None:
+        update_running_stats(running_mean, running_var, *moments, momentum, count)
+    out = out.view(input.shape) if out.is_contiguous() else out.reshape(input.shape)
+    if out.dtype != input.dtype:
+        out = out.to(input.dtype)
+    return _like(out, input)
 
 
-def switch_norm_autograd(x3, mean_logits, var_logits, weight, bias, stats, *, eps=1e-5, num_groups=1, devices=1,
-                         bn_mean=None, bn_var=None, bn_reduce=None):
-    """The same as :func:`switch_norm` in plain differentiable torch ops (slower, twice
-    differentiable, and the path of synchronized SN through ``bn_reduce``)."""
-    mean_in, var_in = instance_moments(x3)
-    mean, var, batch_bn = mix_statistics(mean_in, var_in, mean_logits, var_logits, stats, num_groups=num_groups,
-                                         devices=devices, bn_mean=bn_mean, bn_var=bn_var, bn_reduce=bn_reduce)
-    return normalize(x3, mean, var, weight, bias, eps), batch_bn
+def _torch_ops(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var):
+    """The PyTorch-operation path: :class:`sn.fused.FusedSwitchNorm` when a gradient is needed,
+    its forward alone otherwise."""
+    x3 = x3.contiguous()
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x3, mean_weight, var_weight, weight, bias)):
+        out, *moments = fused.FusedSwitchNorm.apply(x3, mean_weight, var_weight, weight, bias, config, bn_mean,
+                                                    bn_var)
+        return out, (tuple(moments) if moments else None)
+    out, moments, _, _, _ = fused.mixed_forward(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var)
+    return out, moments
 
 
-def normalize(
-    x3: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
-) -> Tensor:
-    """``(x - mean) / sqrt(var + eps) * weight + bias`` on ``(N, C, L)`` with ``(N, C)`` stats."""
-    scale = torch.rsqrt(var + eps)  # (N, C)
-    if weight is not None:
-        scale = scale * weight.to(x3.dtype)
-    out = (x3 - mean.unsqueeze(2)) * scale.unsqueeze(2)
-    if bias is not None:
-        out = out + bias.to(x3.dtype).view(1, -1, 1)
+def _like(out: Tensor, input: Tensor) -> Tensor:
+    """``out`` in ``input``'s memory format (channels-last inputs give channels-last outputs)."""
+    if input.dim() in (4, 5) and not input.is_contiguous():
+        fmt = torch.channels_last if input.dim() == 4 else torch.channels_last_3d
+        if input.is_contiguous(memory_format=fmt):
+            return out.contiguous(memory_format=fmt)
     return out
+
+
+_FUNCTORCH_HINT = ("torch.func transforms allow in-place updates only of buffers transformed alongside the input: "
+                   "vmap over stacked models (torch.func.stack_module_state + functional_call) works; otherwise "
+                   "use eval mode or track_running_stats=False, as for BatchNorm")
+
+
+@torch.no_grad()
+def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, momentum,
+                         count: int) -> None:
+    """Moving average of the per-device batch statistics ``(D, C)`` into the running ones, as
+    BatchNorm does (unbiased variance); ``momentum`` a number or a 0-d tensor."""
+    mean = mean[0] if mean.shape[0] == 1 else mean.mean(0)  # average over the device chunks
+    var = var[0] if var.shape[0] == 1 else var.mean(0)
+    if mean.dtype != running_mean.dtype:
+        mean, var = mean.to(running_mean.dtype), var.to(running_var.dtype)
+    unbias = count / max(count - 1, 1)
+    try:
+        running_mean.lerp_(mean, momentum)
+        # (1 - momentum) * running + momentum * unbiased batch variance
+        if isinstance(momentum, Tensor):
+            running_var.mul_(1.0 - momentum).addcmul_(var, momentum, value=unbias)
+        else:
+            running_var.mul_(1.0 - momentum).add_(var, alpha=momentum * unbias)
+    except RuntimeError as err:
+        if traced_context() == "torch.func":
+            raise RuntimeError(f"SwitchNorm in training mode updates running_mean/running_var in place; "
+                               f"{_FUNCTORCH_HINT} ({err})") from err
+        raise
+
+
+__all__ = ["PREFERENCES", "check_stats", "implementation", "preference", "select_implementation", "switch_norm",
+           "traced_context", "update_running_stats"]

@@ -21,22 +21,23 @@ set's size:
     d_mu_in  += w_k / P * sum_set(d_mu) + 2 w'_k / P * (mu_in - mu_k) * sum_set(d_var)
     d_var_in += w'_k / P * sum_set(d_var)
 
-``sn.functional.switch_norm_autograd`` is the same computation in plain differentiable ops;
-``tests/test_sn_fused.py`` compares the two in float64.
+:mod:`sn.composite` is the same computation in plain differentiable operations;
+``tests/test_sn_fused.py`` compares the two in float64. Under ``create_graph=True`` the backward
+returns the composite form's gradients as a graph, so double backward works.
+
+The importance weights are Python floats on CPUs (fewer, cheaper operations) and 0-d tensors
+elsewhere (reading them on the host would wait for the GPU at every layer): ``host_weights``.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .inference import Pool, repeat_rows, row_sums
-
-
-# On CPU the importance weights are read to Python floats once per call (cheaper operations);
-# on GPUs they stay 0-d tensors. Tests set this to False to run the GPU form on CPU.
-HOST_WEIGHTS_ON_CPU = True
+from . import composite
+from .config import Config
+from .moments import Pool, repeat_rows, row_moments
 
 
 def _acc(dst: Tensor, src: Tensor, w, scale: float = 1.0) -> Tensor:
@@ -81,27 +82,23 @@ class SumMixer:
     moments per device chunk ``(D, C)`` (or None); it keeps what ``backward`` needs.
     """
 
-    def __init__(self, stats: Sequence[str], n: int, c: int, num_groups: int = 1, devices: int = 1,
-                 bn_mean: Optional[Tensor] = None, bn_var: Optional[Tensor] = None):
-        self.stats = tuple(stats)
-        self.fixed_bn = None if bn_mean is None else (bn_mean, bn_var)
+    def __init__(self, config: Config, n: int, c: int, fixed_bn: Optional[Tuple[Tensor, Tensor]], host_weights: bool):
+        self.stats = config.stats
+        self.fixed_bn = fixed_bn
+        self.host_weights = host_weights
         # per statistic: None for IN (the rows themselves) and BN with fixed statistics
-        self.pools = [None if op == "in" or (op == "bn" and bn_mean is not None)
-                      else Pool(op, n, c, num_groups, devices) for op in self.stats]
+        self.pools = [None if op == "in" or (op == "bn" and fixed_bn is not None)
+                      else Pool(op, n, c, config.num_groups, config.devices) for op in self.stats]
 
     def forward(self, x3: Tensor, mean_logits: Tensor, var_logits: Tensor):
         n, c, l = x3.shape
-        logits = torch.stack([mean_logits, var_logits])  # (no graph: the autograd function's forward)
+        logits = torch.stack([mean_logits.detach(), var_logits.detach()])
         self.weights = torch.softmax(logits if logits.dtype == x3.dtype else logits.to(x3.dtype), 1)
-        if x3.is_cpu and HOST_WEIGHTS_ON_CPU:  # Python floats: fewer, cheaper operations
+        if self.host_weights:
             self.w_mean, self.w_var = self.weights.tolist()
-        else:  # 0-d tensors: reading them on the host would wait for the GPU at every layer
+        else:
             self.w_mean, self.w_var = list(self.weights[0]), list(self.weights[1])
-        first, second, raw = row_sums(x3)  # (N, C): sum(x), and sum(x^2) (raw) or sum((x - mean)^2)
-        if raw:
-            second.addcmul_(first, first, value=-1.0 / l)  # -> sum((x - mean)^2)
-        self.mean_in = mean_in = first * (1.0 / l)
-        self.var_in = var_in = second * (1.0 / l)
+        self.mean_in, self.var_in = mean_in, var_in = row_moments(x3)  # (N, C)
         mean = var = batch_bn = None
         self.moments: List[Tuple[Tensor, Tensor]] = []  # per statistic, broadcastable against its view
         self.centered = {}  # per pooled statistic: mu_in - mu_k, in its view
@@ -111,9 +108,7 @@ class SumMixer:
             elif pool is None:  # BN with fixed (running) statistics, (C,)
                 m, v = (t if t.dtype == x3.dtype else t.to(x3.dtype) for t in self.fixed_bn)
             else:
-                m = pool.sum(mean_in).mul_(1.0 / pool.size)
-                centered = pool.view(mean_in) - m  # (kept: the backward needs mu_in - mu_k too)
-                v = pool.sum(torch.addcmul(pool.view(var_in), centered, centered)).mul_(1.0 / pool.size)
+                m, v, centered = pool.moments(mean_in, var_in)  # (centered kept: the backward needs it)
                 if op == "bn":
                     batch_bn = (m.view(-1, c), v.view(-1, c))
                 self.centered[op] = centered
@@ -172,14 +167,15 @@ class SumMixer:
 
 
 def mixed_forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor],
-                  bias: Optional[Tensor], config):
+                  bias: Optional[Tensor], config: Config, bn_mean: Optional[Tensor] = None,
+                  bn_var: Optional[Tensor] = None, host_weights: Optional[bool] = None):
     """The forward of :class:`FusedSwitchNorm` (no graph): ``(output (1, N * C, L), batch BN
     moments or None, the mixer, mixed mean, mixed variance + eps)``."""
-    stats, num_groups, devices, bn_mean, bn_var, eps = config
     n, c, l = x3.shape
-    mixer = SumMixer(stats, n, c, num_groups, devices, bn_mean, bn_var)
+    fixed = None if bn_mean is None else (bn_mean.detach(), bn_var.detach())
+    mixer = SumMixer(config, n, c, fixed, x3.is_cpu if host_weights is None else host_weights)
     mean, var, batch_bn = mixer.forward(x3, mean_logits, var_logits)
-    var.add_(eps)
+    var.add_(config.eps)
     # BatchNorm's inference kernel on the (1, N*C, L) view: every row is a channel of its own
     out, _, _ = torch.native_batch_norm(x3.view(1, n * c, l), repeat_rows(weight, n, x3.dtype, None),
                                         repeat_rows(bias, n, x3.dtype, None), mean.view(-1), var.view(-1),
@@ -188,52 +184,65 @@ def mixed_forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: O
 
 
 class FusedSwitchNorm(torch.autograd.Function):
-    """SN forward and backward in BatchNorm's passes over the data, saving only the input.
+    """SN forward and backward in BatchNorm's passes over the data, saving only the input (and
+    references to the parameters).
 
-    ``config = (stats, num_groups, devices, bn_mean, bn_var, eps)``. Returns the output
-    ``(1, N * C, L)`` and, when the BN branch uses the batch, its per-device moments.
+    ``apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, host_weights)``
+    with ``x3`` contiguous ``(N, C, L)``; returns the output ``(1, N * C, L)`` and, when the BN
+    branch uses the batch, its per-device moments.
     """
 
     @staticmethod
-    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config):
-        out, batch_bn, mixer, mean, var = mixed_forward(x3, mean_logits, var_logits, weight, bias, config)
-        ctx.save_for_backward(x3, weight)
+    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config, bn_mean=None, bn_var=None,
+                host_weights=None):
+        out, batch_bn, mixer, mean, var = mixed_forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean,
+                                                        bn_var, host_weights)
+        ctx.save_for_backward(x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var)
+        ctx.config = config
         ctx.mixer, ctx.mean, ctx.var_eps = mixer, mean, var
-        ctx.dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
         ctx.mark_non_differentiable(*(batch_bn or ()))
         ctx.set_materialize_grads(False)  # (no zero gradients made for the batch moments)
         return (out,) + (batch_bn or ())
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, *unused):
-        x3, weight = ctx.saved_tensors
         if grad_out is None:  # the output was not used
-            return (None,) * 6
-        mixer, mean = ctx.mixer, ctx.mean
-        mean_in = mixer.mean_in
-        n, c, l = x3.shape
-        g = grad_out.contiguous().view(1, n * c, l)
-        x1 = x3.view(1, n * c, l)
-        ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
-        # per row: sum(g * (x - mean_in)) and sum(g), one pass (BatchNorm's backward reductions)
-        _, s_gx, s_g = torch.ops.aten.native_batch_norm_backward(
-            g, x1, ones, None, None, mean_in.view(-1), ones, True, 0.0, [False, True, True])
-        s_gx, s_g = s_gx.view(n, c), s_g.view(n, c)
-        rstd = ctx.var_eps.rsqrt()  # (N, C)
-        gamma_rstd = rstd if weight is None else rstd * (weight if weight.dtype == x3.dtype else weight.to(x3.dtype))
-        s_gxc = torch.addcmul(s_gx, mean_in - mean, s_g)  # sum(g * (x - mean)) per row
-        a = gamma_rstd * s_g  # -d_mean
-        b = torch.mul(gamma_rstd, rstd).mul_(rstd).mul_(s_gxc)  # -2 d_var
-        d_mu, d_var, d_mean_logits, d_var_logits = mixer.backward(a, b, l)
-        d_x = None
-        if ctx.needs_input_grad[0]:
-            # dx = gamma rstd g + d_mu_in / L + 2 d_var_in / L (x - mean_in): one pass for the last two
-            d_x, _, _ = torch.native_batch_norm(x1, d_var.view(-1), d_mu.view(-1), mean_in.view(-1), ones, False,
-                                                0.0, 0.0)
-            d_x = d_x.view(n, c, l).addcmul_(g.view(n, c, l), gamma_rstd.unsqueeze(2))
-        d_weight = (rstd * s_gxc).sum(0) if ctx.needs_input_grad[3] else None
-        d_bias = s_g.sum(0) if ctx.needs_input_grad[4] else None
-        grads = (d_x, d_mean_logits, d_var_logits, d_weight, d_bias)
-        return tuple(g if g is None or g.dtype == dtype else g.to(dtype)
-                     for g, dtype in zip(grads, ctx.dtypes)) + (None,)
+            return (None,) * 9
+        x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradients as a graph (double backward)
+            grads = composite.input_gradients((x3, mean_logits, var_logits, weight, bias), grad_out, ctx.config,
+                                              bn_mean, bn_var)
+            return tuple(g if g is None or ctx.needs_input_grad[i] else None for i, g in enumerate(grads)) + (None,) * 4
+        grads = _backward(ctx, grad_out, x3, weight)
+        dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
+        return tuple(g if g is None or g.dtype == dtype else g.to(dtype) for g, dtype in zip(grads, dtypes)) + (None,) * 4
+
+
+def _backward(ctx, grad_out: Tensor, x3: Tensor, weight: Optional[Tensor]):
+    """The Appendix backward in BatchNorm's passes: ``(dx, d_mean_logits, d_var_logits, d_weight, d_bias)``."""
+    mixer, mean = ctx.mixer, ctx.mean
+    mean_in = mixer.mean_in
+    n, c, l = x3.shape
+    g = grad_out.contiguous().view(1, n * c, l)
+    x1 = x3.view(1, n * c, l)
+    ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
+    # per row: sum(g * (x - mean_in)) and sum(g), one pass (BatchNorm's backward reductions)
+    _, s_gx, s_g = torch.ops.aten.native_batch_norm_backward(
+        g, x1, ones, None, None, mean_in.view(-1), ones, True, 0.0, [False, True, True])
+    s_gx, s_g = s_gx.view(n, c), s_g.view(n, c)
+    rstd = ctx.var_eps.rsqrt()  # (N, C)
+    gamma_rstd = rstd if weight is None else rstd * (weight.detach() if weight.dtype == x3.dtype
+                                                      else weight.detach().to(x3.dtype))
+    s_gxc = torch.addcmul(s_gx, mean_in - mean, s_g)  # sum(g * (x - mean)) per row
+    a = gamma_rstd * s_g  # -d_mean
+    b = torch.mul(gamma_rstd, rstd).mul_(rstd).mul_(s_gxc)  # -2 d_var
+    d_mu, d_var, d_mean_logits, d_var_logits = mixer.backward(a, b, l)
+    d_x = None
+    if ctx.needs_input_grad[0]:
+        # dx = gamma rstd g + d_mu_in / L + 2 d_var_in / L (x - mean_in): one pass for the last two
+        d_x, _, _ = torch.native_batch_norm(x1, d_var.view(-1), d_mu.view(-1), mean_in.view(-1), ones, False,
+                                            0.0, 0.0)
+        d_x = d_x.view(n, c, l).addcmul_(g.view(n, c, l), gamma_rstd.unsqueeze(2))
+    d_weight = (rstd * s_gxc).sum(0) if ctx.needs_input_grad[3] else None
+    d_bias = s_g.sum(0) if ctx.needs_input_grad[4] else None
+    return d_x, d_mean_logits, d_var_logits, d_weight, d_bias

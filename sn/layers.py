@@ -6,33 +6,15 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import distributed as SND
 from . import functional as SNF
-from . import inference as SNI
 from . import native as SNN
-from . import native_ops as SNO
 
 DEFAULT_GROUPS = 32
-_FULL_PRECISION = (torch.float32, torch.float64)
 
 
 def default_num_groups(num_features: int, max_groups: int = DEFAULT_GROUPS) -> int:
     """The largest divisor of ``num_features`` that is at most ``max_groups`` (GN's usual 32)."""
     return max(g for g in range(1, min(max_groups, num_features) + 1) if num_features % g == 0)
-
-
-def _check_stats(stats: Sequence[str]) -> Tuple[str, ...]:
-    if isinstance(stats, str):
-        raise TypeError(f"stats must be a tuple of names such as ('in', 'ln', 'bn'), got the string {stats!r}")
-    stats = tuple(stats)
-    if not stats:
-        raise ValueError("stats must name at least one statistic out of " + repr(SNF.KNOWN_STATS))
-    unknown = [s for s in stats if s not in SNF.KNOWN_STATS]
-    if unknown:
-        raise ValueError(f"unknown statistics {unknown} in stats={stats}; known: {SNF.KNOWN_STATS}")
-    if len(set(stats)) != len(stats):
-        raise ValueError(f"stats={stats} names a statistic twice")
-    return stats
 
 
 def check_devices(devices: int) -> int:
@@ -95,6 +77,11 @@ class SwitchNorm(nn.Module):
             ``process_group`` (synchronized SN; differentiable all-reduces, any backend: gloo,
             NCCL). Without an initialised process group it changes nothing. Default: ``False``
         process_group: the group ``sync`` reduces over. Default: the world
+        implementation: the preferred implementation of this layer's calls, ``"auto"``,
+            ``"native"`` (the C kernels), ``"torch"`` (PyTorch operations) or ``"composite"``
+            (plain differentiable operations); ``None`` defers to :func:`sn.implementation`
+            and the environment. Tracing, export and ``torch.func`` always take
+            ``"composite"`` (see :mod:`sn.functional`). Default: ``None``
 
     Shape:
         - Input: :math:`(N, C, *)`
@@ -121,6 +108,7 @@ class SwitchNorm(nn.Module):
         devices: int = 1,
         sync: bool = False,
         process_group=None,
+        implementation: Optional[str] = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -131,7 +119,7 @@ class SwitchNorm(nn.Module):
             raise ValueError(f"eps must be positive, got {eps!r}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
-        self.stats = _check_stats(self.default_stats if stats is None else stats)
+        self.stats = SNF.check_stats(self.default_stats if stats is None else stats)
         if "gn" in self.stats:
             num_groups = default_num_groups(num_features) if num_groups is None else num_groups
             if not isinstance(num_groups, int) or num_groups < 1 or num_features % num_groups:
@@ -151,6 +139,7 @@ class SwitchNorm(nn.Module):
             raise ValueError(f"sync=True pools the BN statistics of every process; it excludes devices={devices}")
         self.sync = bool(sync)
         self.process_group = process_group
+        self.implementation = None if implementation is None else SNF.check_preference(implementation)
         factory = {"device": device, "dtype": dtype}
         self.mean_weight = nn.Parameter(torch.empty(len(self.stats), **factory))
         self.var_weight = nn.Parameter(torch.empty(len(self.stats), **factory))
@@ -169,7 +158,7 @@ class SwitchNorm(nn.Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
         self.reset_parameters()
-        if SNN.ENABLED and self.mean_weight.device.type == "cpu":
+        if self.mean_weight.device.type == "cpu" and SNF.preference(implementation) in ("auto", "native"):
             SNN.library()  # build or load the C kernels now, so that a compiled first call finds them
 
     def reset_running_stats(self) -> None:
@@ -198,91 +187,47 @@ class SwitchNorm(nn.Module):
             raise ValueError(
                 f"expected {self.num_features} channels (dim 1), got input of shape {tuple(input.shape)}"
             )
-        if not input.is_floating_point():
-            raise TypeError(f"expected a floating-point input, got {input.dtype}")
-        if input.shape[0] == 0:
-            raise ValueError("expected a non-empty batch, got batch size 0")
-        if input.numel() == 0:
-            raise ValueError(f"expected non-empty spatial dimensions, got input of shape {tuple(input.shape)}")
 
     def _uses_batch_bn(self) -> bool:
         return "bn" in self.stats and (self.training or not self.track_running_stats)
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        compiling = torch.compiler.is_compiling()
-        if not (torch.is_grad_enabled() or self._uses_batch_bn() or compiling):
-            return self._forward_inference(input)  # e.g. eval under no_grad / inference_mode
-        if self._uses_batch_bn():
-            check_divisible(input.shape[0], self.devices)
-        if torch.is_autocast_enabled(input.device.type):
-            with torch.autocast(device_type=input.device.type, enabled=False):
-                return self._forward(input)
-        return self._forward(input)
-
-    def _forward(self, input: Tensor) -> Tensor:
-        n, c = input.shape[0], input.shape[1]
-        x3 = input.reshape(n, c, -1)  # (N, C, L)
-        if x3.dtype not in _FULL_PRECISION:
-            x3 = x3.float()  # half / bfloat16: statistics in float32
         params, buffers = self._parameters, self._buffers  # (nn.Module's __getattr__ is slow)
-        use_running = not self._uses_batch_bn() and "bn" in self.stats
-        bn_mean, bn_var = (buffers["running_mean"], buffers["running_var"]) if use_running else (None, None)
-        count = (n // self.devices) * x3.shape[2]  # elements per channel in one BN chunk
-        world = SND.group_size(self.process_group) if self.sync and not use_running else 1
-        args = (x3, params["mean_weight"], params["var_weight"], params["weight"], params["bias"], self.stats)
-        kwargs = dict(eps=self.eps, num_groups=self.num_groups or 1, devices=self.devices, bn_mean=bn_mean,
-                      bn_var=bn_var)
-        if world > 1:
-            group = self.process_group
+        momentum = 0.0
+        if self.training and self.track_running_stats and "bn" in self.stats:
+            momentum = self._count_batch(buffers["num_batches_tracked"])
+        # running statistics: updated in training, used in eval (as BatchNorm passes them)
+        running = self.track_running_stats and "bn" in self.stats
+        return SNF.switch_norm(
+            input, params["mean_weight"], params["var_weight"], buffers["running_mean"] if running else None,
+            buffers["running_var"] if running else None, params["weight"], params["bias"],
+            training=self.training or not self.track_running_stats, momentum=momentum, eps=self.eps,
+            stats=self.stats, num_groups=self.num_groups or 1, devices=self.devices, sync=self.sync,
+            process_group=self.process_group, implementation=self.implementation)
 
-            def reduce(mean, var):
-                return SND.sync_moments(mean, var, count, group)
+    def _count_batch(self, num_batches_tracked: Tensor):
+        """``num_batches_tracked += 1``; returns the running statistics' factor for this batch
+        (``momentum``, or ``1 / num_batches_tracked`` for a cumulative average)."""
+        try:
+            num_batches_tracked.add_(1)
+        except RuntimeError as err:
+            if SNF.traced_context() == "torch.func":
+                raise RuntimeError(f"{type(self).__name__} in training mode counts batches and updates its running "
+                                   f"statistics in place; {SNF._FUNCTORCH_HINT} ({err})") from err
+            raise
+        if self.momentum is not None:
+            return self.momentum
+        if SNF.traced_context() is None and not torch.compiler.is_compiling():
+            return 1.0 / float(num_batches_tracked)
+        return 1.0 / num_batches_tracked  # (a tensor: traced, not read on the host)
 
-            out, batch_bn = SNF.switch_norm_autograd(*args, bn_reduce=reduce, **kwargs)
-            count *= world  # equal batches per process, as DDP gives
-        elif torch.compiler.is_compiling():
-            if SNN.loaded_for(x3):  # the C kernels as custom operators: one opaque node of the graph
-                out, batch_bn = SNO.switch_norm(*args, **kwargs)
-            else:  # the plain ops trace into one graph that the compiler fuses (the fused path's
-                # host-side Python floats and checks would break the graph)
-                out, batch_bn = SNF.switch_norm_autograd(*args, **kwargs)
-        else:
-            out, batch_bn = SNF.switch_norm(*args, **kwargs)
-        if batch_bn is not None and self.training and self.track_running_stats:
-            self._update_running_stats(*batch_bn, count=count)
-        out = out.view(input.shape) if out.is_contiguous() else out.reshape(input.shape)
-        return out if out.dtype == input.dtype else out.to(input.dtype)
-
-    def _forward_inference(self, input: Tensor) -> Tensor:
-        """Forward without autograd and with fixed BN statistics (e.g. eval under ``no_grad``):
-        the C kernels on CPUs, else :mod:`sn.inference` with its constants cached. (Autocast
-        changes none of their ops.)"""
-        x = input if input.dtype in _FULL_PRECISION else input.float()  # half: statistics in float32
-        if SNN.applies(x):  # CPU: the C kernels
-            out = SNN.layer_inference(self, x, SNI.state_key(self, x))
-        else:
-            consts, weight_rows, bias_rows = SNI.cached_constants(self, x)
-            out = SNI.switch_norm_inference(x, consts, weight_rows, bias_rows)
-        return out if out.dtype == input.dtype else out.to(input.dtype)
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
-        """Moving average of the per-device batch statistics ``(D, C)``, as BatchNorm does."""
-        buffers = self._buffers  # (nn.Module's __getattr__ is slow; this runs every training step)
-        buffers["num_batches_tracked"].add_(1)
-        if self.momentum is None:
-            factor = 1.0 / float(buffers["num_batches_tracked"])
-        else:
-            factor = self.momentum
-        running_mean, running_var = buffers["running_mean"], buffers["running_var"]
-        mean = mean[0] if mean.shape[0] == 1 else mean.mean(0)  # average over the device chunks
-        var = var[0] if var.shape[0] == 1 else var.mean(0)
-        if mean.dtype != running_mean.dtype:
-            mean, var = mean.to(running_mean.dtype), var.to(running_var.dtype)
-        running_mean.lerp_(mean, factor)
-        # (1 - factor) * running + factor * unbiased batch variance
-        running_var.mul_(1.0 - factor).add_(var, alpha=factor * count / max(count - 1, 1))
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script (TorchScript is in maintenance mode and "
+            f"cannot express SN's implementations); use torch.export.export(model, (x,)) or "
+            f"torch.onnx.export(model, (x,), dynamo=True) for a deployable graph, or torch.jit.trace(model, x), "
+            f"which records SN's plain operations")
 
     def importance(self) -> dict:
         """Post-softmax importance weights: ``{"mean": {op: w}, "var": {op: w}}``."""
@@ -301,6 +246,10 @@ class SwitchNorm(nn.Module):
         if self.sync:
             s += ", sync=True"
         return s
+
+    def __setstate__(self, state):
+        state.setdefault("implementation", None)  # (modules pickled before the option existed)
+        super().__setstate__(state)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # The published implementation stores weight/bias as (1, C, 1, 1) or (1, C) and running

@@ -7,13 +7,12 @@ rows' moments, then the output; backward: the rows' gradient sums, then ``dx``),
 with the OpenMP runtime PyTorch itself uses, and every ``(N, C)``-sized step (Eqn. 3-5, the
 Appendix, the softmax and its gradient) as plain loops in double precision.
 
-Used for contiguous float32/float64 CPU tensors when a C compiler is found (``$CC``, else
+Used for float32/float64 CPU tensors when a C compiler is found (``$CC``, else
 ``cc``/``gcc``/``clang``); the library is compiled once per source, compiler and CPU into
 ``$SN_CACHE_DIR`` (default ``~/.cache/switchnorm/kernels``), which takes about a second, and
-SN layers load it when they are made. Elsewhere (GPUs, no compiler, ``SN_NATIVE=0`` in the
-environment, or :data:`ENABLED` set to False) the PyTorch-operation paths of :mod:`sn.fused`
-and :mod:`sn.inference` run; both are tested against the same float64 references. Under
-``torch.compile`` the kernels are called as custom operators (:mod:`sn.native_ops`).
+SN layers load it when they are made. Where they do not run is decided in one place,
+:func:`sn.functional.select_implementation`; under ``torch.compile`` the kernels are called as
+custom operators (:mod:`sn.native_ops`).
 """
 from __future__ import annotations
 
@@ -32,9 +31,6 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-
-#: Use the C kernels where they apply. Tests switch it off to run the PyTorch-operation paths.
-ENABLED = os.environ.get("SN_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 OP_CODES = {"in": 0, "ln": 1, "gn": 2, "bn": 3}
 _SOURCE = Path(__file__).with_name("_native.c")
@@ -156,29 +152,27 @@ def library():
 
 
 def status() -> str:
-    """One line: whether the C kernels are in use, and if not, why."""
-    if not ENABLED:
-        return "disabled (sn.native.ENABLED is False or SN_NATIVE=0)"
+    """One line: whether the C kernels are built and loaded, and if not, why."""
     lib = library()
     return "in use" if lib is not None else f"unavailable: {_state['error']}"
 
 
-def applies(x: Tensor) -> bool:
-    """Whether the C kernels run SN on ``x``: a float32/float64 CPU tensor, kernels enabled and
-    built (building them on the first call; warns once when they cannot be)."""
-    if not (ENABLED and x.dtype in _TYPES and x.device.type == "cpu"):
+def takes(x: Tensor) -> bool:
+    """Whether the C kernels can run SN on ``x``: a float32/float64 CPU tensor, kernels built
+    (building them on the first call; warns once when they cannot be)."""
+    if not (x.dtype in _TYPES and x.device.type == "cpu"):
         return False
     if library() is None and not _state.get("warned"):
         _state["warned"] = True
         warnings.warn(f"sn: the C kernels are not available, SN runs on slower PyTorch operations "
-                      f"({_state['error']}); set SN_NATIVE=0 to silence this", RuntimeWarning, stacklevel=3)
+                      f"({_state['error']}); set SN_NATIVE=0 to silence this", RuntimeWarning, stacklevel=4)
     return _state["lib"] is not None
 
 
 def loaded_for(x: Tensor) -> bool:
-    """:func:`applies` without building or warning (traceable by ``torch.compile``): whether the
-    kernels are enabled, already loaded, and take ``x``."""
-    return ENABLED and x.dtype in _TYPES and x.device.type == "cpu" and _state["lib"] is not None
+    """:func:`takes` without building or warning (traceable by ``torch.compile``): whether the
+    kernels are already loaded and take ``x``."""
+    return x.dtype in _TYPES and x.device.type == "cpu" and _state["lib"] is not None
 
 
 def _ptr(t: Optional[Tensor]):
@@ -245,34 +239,44 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, gamma: Optional
 
 class NativeSwitchNorm(torch.autograd.Function):
     """SN's training forward and backward in the C kernels, saving the input and the rows'
-    ``(N, C)`` moments. ``config = (stats, num_groups, devices, bn_mean, bn_var, eps)``; returns
-    the output ``(N, C, L)`` and, when the BN branch uses the batch, its per-device moments."""
+    ``(N, C)`` moments. ``apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean,
+    bn_var)`` with ``x3`` contiguous; returns the output ``(N, C, L)`` and, when the BN branch
+    uses the batch, its per-device moments. Under ``create_graph=True`` the backward returns
+    the composite form's gradients as a graph (double backward)."""
 
     @staticmethod
-    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config):
-        stats, num_groups, devices, bn_mean, bn_var, eps = config
+    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config, bn_mean=None, bn_var=None):
         dtype = x3.dtype
         inputs = [_as(t, dtype) for t in (mean_logits, var_logits, weight, bias, bn_mean, bn_var)]
-        out, moments, bn_out = forward(x3, *inputs[:4], stats, eps, num_groups, devices, *inputs[4:],
-                                       keep_moments=True)
-        ctx.save_for_backward(x3, moments, *inputs[:3], *inputs[4:])  # (not beta)
-        ctx.config = (tuple(stats), num_groups, devices, eps)
-        ctx.dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
+        devices = batch_chunks(config.stats, bn_mean, config.devices)
+        out, moments, bn_out = forward(x3, *inputs[:4], config.stats, config.eps, config.num_groups, devices,
+                                       *inputs[4:], keep_moments=True)
+        ctx.save_for_backward(x3, moments, mean_logits, var_logits, weight, bias, bn_mean, bn_var)
+        ctx.config = config
         batch_bn = () if bn_out is None else (bn_out[0], bn_out[1])
         ctx.mark_non_differentiable(*batch_bn)
         ctx.set_materialize_grads(False)  # (no zero gradients made for the batch moments)
         return (out,) + batch_bn
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, *unused):
         if grad_out is None:  # the output was not used
-            return (None,) * 6
-        stats, num_groups, devices, eps = ctx.config
-        needs = ctx.needs_input_grad
-        grads = backward(grad_out, *ctx.saved_tensors, stats, eps, num_groups, devices, needs[0], needs[3], needs[4])
-        return tuple(t if t is None or t.dtype == dtype else t.to(dtype)
-                     for t, dtype in zip(grads, ctx.dtypes)) + (None,)
+            return (None,) * 8
+        x3, moments, mean_logits, var_logits, weight, bias, bn_mean, bn_var = ctx.saved_tensors
+        config, needs = ctx.config, ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: the gradients as a graph (double backward)
+            from . import composite
+            grads = composite.input_gradients((x3, mean_logits, var_logits, weight, bias), grad_out, config,
+                                              bn_mean, bn_var)
+            return tuple(g if needs[i] else None for i, g in enumerate(grads)) + (None,) * 3
+        dtype = x3.dtype
+        grads = backward(grad_out, x3, moments, *(_as(t, dtype) for t in (mean_logits, var_logits, weight, bn_mean,
+                                                                           bn_var)),
+                         config.stats, config.eps, config.num_groups, batch_chunks(config.stats, bn_mean,
+                                                                                   config.devices),
+                         needs[0], needs[3], needs[4])
+        dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
+        return tuple(t if t is None or t.dtype == dt else t.to(dt) for t, dt in zip(grads, dtypes)) + (None,) * 3
 
 
 def backward(grad_out: Tensor, x3: Tensor, moments: Tensor, mean_logits: Tensor, var_logits: Tensor,
@@ -299,39 +303,21 @@ def backward(grad_out: Tensor, x3: Tensor, moments: Tensor, mean_logits: Tensor,
     return d_x, d_mean_logits, d_var_logits, d_gamma, d_beta
 
 
-def switch_norm(x3, mean_logits, var_logits, weight, bias, stats, *, eps, num_groups, devices, bn_mean, bn_var,
-                needs_grad: bool):
-    """:func:`sn.functional.switch_norm` on the C kernels (``x3`` float32/float64 on the CPU)."""
+def switch_norm(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], config, bn_mean: Optional[Tensor] = None, bn_var: Optional[Tensor] = None,
+                needs_grad: bool = True):
+    """SN of ``x3`` ``(N, C, L)`` (float32/float64, CPU) on the C kernels: ``(output, per-device
+    batch BN moments or None)``; through :class:`NativeSwitchNorm` when a gradient is needed."""
     x3 = x3.contiguous()
-    devices = batch_chunks(stats, bn_mean, devices)
     if needs_grad:
-        config = (tuple(stats), num_groups, devices, bn_mean, bn_var, eps)
-        out, *batch_bn = NativeSwitchNorm.apply(x3, mean_logits, var_logits, weight, bias, config)
+        out, *batch_bn = NativeSwitchNorm.apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var)
         return out, (tuple(batch_bn) if batch_bn else None)
     inputs = [_as(t, x3.dtype) for t in (mean_logits, var_logits, weight, bias, bn_mean, bn_var)]
-    out, _, bn_out = forward(x3, *inputs[:4], stats, eps, num_groups, devices, *inputs[4:], keep_moments=False)
+    devices = batch_chunks(config.stats, bn_mean, config.devices)
+    out, _, bn_out = forward(x3, *inputs[:4], config.stats, config.eps, config.num_groups, devices, *inputs[4:],
+                             keep_moments=False)
     return out, (None if bn_out is None else (bn_out[0], bn_out[1]))
 
 
-def layer_inference(layer, x: Tensor, key) -> Tensor:
-    """Eval forward of the SN ``layer`` on ``x`` (float32/float64 CPU) with its BN branch on the
-    running statistics; its parameters and buffers in ``x``'s dtype are cached on the layer under
-    ``key`` (see :func:`sn.inference.state_key`; ``None``: not cached)."""
-    cache = layer.__dict__.get("_native_cache")
-    if key is None or cache is None or cache[0] != key:
-        params, buffers, dtype = layer._parameters, layer._buffers, x.dtype
-        fixed = "bn" in layer.stats
-        cache = (key,) + tuple(_as(t, dtype) for t in (
-            params["mean_weight"], params["var_weight"], params["weight"], params["bias"],
-            buffers["running_mean"] if fixed else None, buffers["running_var"] if fixed else None))
-        if key is not None:
-            layer.__dict__["_native_cache"] = cache
-    x = x.contiguous()
-    n, c = x.shape[0], x.shape[1]
-    out, _, _ = forward(x.view(n, c, -1), *cache[1:5], layer.stats, layer.eps, layer.num_groups or 1, 1, *cache[5:],
-                        keep_moments=False)
-    return out.view(x.shape)
-
-
-__all__ = ["ENABLED", "NativeSwitchNorm", "applies", "backward", "batch_chunks", "forward", "layer_inference",
-           "library", "loaded_for", "status", "switch_norm"]
+__all__ = ["NativeSwitchNorm", "backward", "batch_chunks", "forward", "library", "loaded_for", "status",
+           "switch_norm", "takes"]

@@ -6,7 +6,8 @@ node of its graph: ``switchnorm::forward`` and ``switchnorm::backward`` wrap
 the backward registered as the forward's autograd formula. Under compilation the layer calls
 :func:`switch_norm` when the kernels are loaded (:func:`sn.native.loaded_for`), so a compiled
 model has one graph with SN in it and SN runs at the kernels' speed; elsewhere it traces its
-plain operations instead (GPUs, no kernels).
+plain operations instead (GPUs, no kernels). The choice is made in
+:func:`sn.functional.select_implementation`.
 """
 from __future__ import annotations
 
@@ -94,13 +95,12 @@ def _backward(ctx, grad_out, _grad_moments, _grad_bn):
 forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def switch_norm(x3, mean_logits, var_logits, weight, bias, stats, *, eps, num_groups, devices, bn_mean=None,
-                bn_var=None):
-    """:func:`sn.functional.switch_norm` through the custom operators (float32/float64 CPU)."""
-    devices = SNN.batch_chunks(stats, bn_mean, devices)
-    ops = [SNN.OP_CODES[op] for op in stats]
-    out, _, bn_out = forward_op(x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var, ops, eps, num_groups,
-                                devices)
+def switch_norm(x3, mean_logits, var_logits, weight, bias, config, bn_mean=None, bn_var=None):
+    """:func:`sn.native.switch_norm` through the custom operators (float32/float64 CPU)."""
+    devices = SNN.batch_chunks(config.stats, bn_mean, config.devices)
+    ops = [SNN.OP_CODES[op] for op in config.stats]
+    out, _, bn_out = forward_op(x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var, ops, config.eps,
+                                config.num_groups, devices)
     return out, ((bn_out[0], bn_out[1]) if _batch_bn(ops, bn_mean) else None)
 
 

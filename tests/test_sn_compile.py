@@ -72,8 +72,9 @@ def test_custom_operators_match_the_eager_kernels_and_pass_opcheck(stats, device
     """The operators the compiled graph calls: the same outputs, batch moments and gradients as
     the eager C kernels, and torch.library.opcheck's checks (schema, fake-tensor shapes,
     autograd registration, AOT dispatch)."""
-    from sn import functional as SNF
     from sn import native_ops as SNO
+    from sn.config import Config
+    from sn_paths import rows
 
     g = torch.Generator().manual_seed(1)
     n, c = 4, 8
@@ -83,8 +84,10 @@ def test_custom_operators_match_the_eager_kernels_and_pass_opcheck(stats, device
     kw = dict(eps=1e-5, num_groups=4 if "gn" in stats else 1, devices=devices)
     if running:
         kw.update(bn_mean=torch.randn(c, dtype=dtype), bn_var=torch.rand(c, dtype=dtype) + 0.5)
-    out_o, bn_o = SNO.switch_norm(x, *params, stats, **kw)
-    out_e, bn_e = SNF.switch_norm(x, *params, stats, **kw)  # (the eager C kernels)
+    config = Config(stats, kw["num_groups"], devices, kw["eps"])
+    out_o, bn_o = SNO.switch_norm(x, *params, config, kw.get("bn_mean"), kw.get("bn_var"))
+    with sn.implementation("native"):
+        out_e, bn_e = rows(x, *params, stats, **kw)  # (the eager C kernels)
     torch.testing.assert_close(out_o, out_e, atol=0, rtol=0)
     assert (bn_o is None) == (bn_e is None)
     if bn_e is not None:

@@ -54,9 +54,9 @@ def test_cuda_autocast_is_finite_and_close(dtype):
     assert torch.isfinite(conv.weight.grad).all()
 
 
-def test_cuda_training_and_cached_eval_steps_do_not_synchronize_with_the_host():
-    """A host sync per layer would stall the GPU queue at every SN layer of a network. (The
-    first eval call after the layer changed reads its weights once, to fill its cache.)"""
+def test_cuda_training_and_eval_steps_do_not_synchronize_with_the_host():
+    """A host sync per layer would stall the GPU queue at every SN layer of a network (the
+    importance weights stay 0-d device tensors on GPUs)."""
     layer = sn.SwitchNorm2d(16, stats=("in", "ln", "bn", "gn"), num_groups=4).cuda()
     x = torch.randn(4, 16, 8, 8, device="cuda", requires_grad=True)
     layer(x).sum().backward()  # warm-up (allocations, lazy initialisation)
@@ -68,7 +68,7 @@ def test_cuda_training_and_cached_eval_steps_do_not_synchronize_with_the_host():
         torch.cuda.set_sync_debug_mode("default")
     layer.eval()
     with torch.no_grad():
-        layer(x)  # fills the inference cache
+        layer(x)  # warm-up
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:

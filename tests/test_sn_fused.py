@@ -4,9 +4,8 @@ import pytest
 import torch
 
 import sn
-from sn import functional as SNF
-from sn import fused as SNFused
-from sn import inference as SNI
+from sn import moments as SNM
+from sn_paths import composite_rows, rows
 from sn_reference import reference_switch_norm
 
 
@@ -33,22 +32,21 @@ def _inputs(stats, dtype, seed=0, shape=(6, 8, 5)):
 
 
 @pytest.fixture(params=["host weights", "device weights"])
-def weights_form(request, monkeypatch):
+def host_weights(request):
     """Both forms of the importance weights inside the fused function: Python floats (CPU) and
     0-d tensors (what GPUs use, to avoid a host sync), the latter forced here on CPU."""
-    monkeypatch.setattr(SNFused, "HOST_WEIGHTS_ON_CPU", request.param == "host weights")
-    return request.param
+    return request.param == "host weights"
 
 
 @pytest.mark.parametrize("stats,devices,groups,running",
                          [c + (False,) for c in CASES] + [c + (True,) for c in CASES if "bn" in c[0]])
-def test_fused_matches_autograd_reference_outputs_and_gradients(stats, devices, groups, running, weights_form):
+def test_fused_matches_autograd_reference_outputs_and_gradients(stats, devices, groups, running, host_weights):
     x, params = _inputs(stats, torch.float64)
     kw = dict(eps=1e-5, num_groups=groups or 1, devices=devices)
     if running:
         kw.update(bn_mean=torch.randn(8, dtype=torch.float64), bn_var=torch.rand(8, dtype=torch.float64) + 0.5)
-    out_f, bn_f = SNF.switch_norm(x, *params, stats, **kw)
-    out_r, bn_r = SNF.switch_norm_autograd(x, *params, stats, **kw)
+    out_f, bn_f = rows(x, *params, stats, host_weights=host_weights, **kw)
+    out_r, bn_r = composite_rows(x, *params, stats, **kw)
     torch.testing.assert_close(out_f.reshape(out_r.shape), out_r, atol=1e-12, rtol=0)
     if bn_r is not None:
         torch.testing.assert_close(bn_f[0], bn_r[0]), torch.testing.assert_close(bn_f[1], bn_r[1])
@@ -64,7 +62,7 @@ def test_fused_gradcheck(stats, devices, groups):
     x, params = _inputs(stats, torch.float64, seed=1, shape=(6, 4, 3))
 
     def f(x, *p):
-        return SNF.switch_norm(x, *p, stats, num_groups=groups or 1, devices=devices)[0]
+        return rows(x, *p, stats, num_groups=groups or 1, devices=devices)[0]
 
     assert torch.autograd.gradcheck(f, [x] + params, eps=1e-6, atol=1e-6)
 
@@ -72,8 +70,8 @@ def test_fused_gradcheck(stats, devices, groups):
 def test_partial_requires_grad_and_affine_none():
     x, (ml, vl, w, b) = _inputs(("in", "ln", "bn"), torch.float64)
     ml.requires_grad_(False)
-    out, _ = SNF.switch_norm(x, ml, vl, None, None, ("in", "ln", "bn"))
-    ref, _ = SNF.switch_norm_autograd(x, ml, vl, None, None, ("in", "ln", "bn"))
+    out, _ = rows(x, ml, vl, None, None, ("in", "ln", "bn"))
+    ref, _ = composite_rows(x, ml, vl, None, None, ("in", "ln", "bn"))
     g = torch.randn_like(ref)
     gx, gv = torch.autograd.grad(out.reshape(ref.shape), [x, vl], g)
     rx, rv = torch.autograd.grad(ref, [x, vl], g)
@@ -85,7 +83,7 @@ def test_one_pass_and_two_pass_moments_are_accurate(offset, spread):
     """Rows near and beyond the one-pass threshold (mean^2 = 16 var), large offsets, constant rows."""
     torch.manual_seed(0)
     x = (torch.randn(4, 6, 49) * spread + offset).float()
-    first, second, raw = SNI.row_sums(x)
+    first, second, raw = SNM.row_sums(x)
     if offset == 0.0 or offset >= 5.0 or spread == 0.0:  # clearly on one side of mean^2 = 16 var
         assert raw == (offset == 0.0)
     mean = first / 49
@@ -107,12 +105,29 @@ def test_fused_layer_float32_close_to_float64_reference():
     torch.testing.assert_close(layer(x).double(), ref, atol=2e-5, rtol=0)
 
 
-def test_double_backward_is_a_clear_error():
-    layer = sn.SwitchNorm2d(3)
-    x = torch.randn(2, 3, 4, 4, requires_grad=True)
-    (g,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|double backward|differentiable"):
-        g.sum().backward()
+@pytest.mark.parametrize("stats,devices,groups", CASES)
+def test_double_backward_matches_gradgradcheck(stats, devices, groups):
+    """create_graph=True: the backward returns the composite form's gradients as a graph."""
+    x, params = _inputs(stats, torch.float64, seed=2, shape=(6, 4, 2))
+
+    def f(x, *p):
+        return rows(x, *p, stats, num_groups=groups or 1, devices=devices)[0]
+
+    assert torch.autograd.gradgradcheck(f, [x] + params, eps=1e-6, atol=1e-5)
+
+
+def test_layer_double_backward_equals_the_composite_form():
+    """A gradient penalty through the default layer, against the same in plain operations."""
+    torch.manual_seed(0)
+    layer = sn.SwitchNorm2d(3).double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    penalties = []
+    for name in ("auto", "composite"):
+        with sn.implementation(name):
+            (g,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+        penalties.append(torch.autograd.grad(g.square().sum(), [x, layer.mean_weight, layer.weight]))
+    for a, b in zip(*penalties):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
 
 
 def test_saved_tensors_are_the_input_and_small_statistics():

@@ -1,13 +1,13 @@
-"""The inference path (eval mode without autograd, sn.inference) against float64 maths and
-against the layer's autograd path, including the cases where its one-pass moments must give
-way to two passes, and the cache of constants it keeps between calls."""
+"""Eval mode without autograd against float64 maths and against the layer's autograd path,
+including the cases where the one-pass moments must give way to two passes, and that no change
+of the layer's state (optimizer steps, loads, in-place writes through ``.data``) is missed."""
 import copy
 
 import pytest
 import torch
 
 import sn
-from sn import inference as SNI
+from sn import moments as SNM
 from sn_reference import reference_switch_norm
 
 
@@ -64,12 +64,12 @@ def test_large_offsets_take_two_passes_and_stay_within_float32_accuracy(stats, o
     x = torch.randn(4, 8, 6, 6) + offset
     x[1, 2:5] -= offset  # rows with and without the offset in one batch
     rows = x.reshape(32, -1)
-    first, second, one_pass = SNI.row_sums(rows.unsqueeze(0))
+    first, second, one_pass = SNM.row_sums(rows.unsqueeze(0))
     assert not one_pass  # mean^2 > 16 var on some rows: two passes
     r64 = rows.double()
     torch.testing.assert_close(first[0].double() / 36, r64.mean(1), atol=0, rtol=1e-6)
     torch.testing.assert_close(second[0].double() / 36, r64.var(1, unbiased=False), atol=0, rtol=1e-4)
-    _, _, one_pass = SNI.row_sums(torch.randn(1, 32, 36))
+    _, _, one_pass = SNM.row_sums(torch.randn(1, 32, 36))
     assert one_pass
     with torch.no_grad():  # running statistics of data like this batch, as a trained layer has
         layer.running_mean.copy_(x.mean((0, 2, 3)))
@@ -85,7 +85,7 @@ def test_one_pass_sums_give_float64_moments_where_they_are_used():
     torch.manual_seed(2)
     rows = torch.randn(64, 50) * torch.rand(64, 1) * 5 + torch.randn(64, 1) * 3  # mean^2 up to ~16 var
     rows = rows[(rows.mean(1) ** 2 <= 16 * rows.var(1, unbiased=False))]  # keep the rows the fast path takes
-    first, second, one_pass = SNI.row_sums(rows.unsqueeze(0))
+    first, second, one_pass = SNM.row_sums(rows.unsqueeze(0))
     assert one_pass
     r64, l = rows.double(), rows.shape[1]
     torch.testing.assert_close(first[0].double() / l, r64.mean(1), atol=1e-6, rtol=1e-6)
@@ -124,11 +124,13 @@ def test_channels_last_and_non_contiguous_inputs():
     x = torch.randn(4, 8, 6, 6)
     with torch.no_grad():
         ref = layer(x)
-        torch.testing.assert_close(layer(x.to(memory_format=torch.channels_last)), ref)
+        out = layer(x.to(memory_format=torch.channels_last))
+        torch.testing.assert_close(out, ref)
+        assert out.is_contiguous(memory_format=torch.channels_last)  # as nn.BatchNorm2d keeps it
         torch.testing.assert_close(layer(x.transpose(2, 3).contiguous().transpose(2, 3)), ref)
 
 
-def test_cached_constants_follow_every_change_of_the_layer():
+def test_eval_follows_every_change_of_the_layer():
     layer = _layer(("in", "ln", "bn", "gn"), seed=6)
     x = torch.randn(4, 8, 5, 5)
 
@@ -152,8 +154,33 @@ def test_cached_constants_follow_every_change_of_the_layer():
     check()
     sn.update_stats(layer, [torch.randn(4, 8, 5, 5) * 2 + 1 for _ in range(3)], num_batches=3)
     check()
-    with torch.no_grad():  # another batch size: the repeated affine parameters are per batch size
+    with torch.no_grad():  # another batch size
         torch.testing.assert_close(layer(x[:3]).double(), _reference(layer, x[:3]), atol=2e-5, rtol=1e-5)
+
+
+WRITES = {
+    "weight.data.mul_": lambda m: m.weight.data.mul_(2),
+    "bias.data.add_": lambda m: m.bias.data.add_(1),
+    "running_mean.data.add_": lambda m: m.running_mean.data.add_(3),
+    "running_var.data.mul_": lambda m: m.running_var.data.mul_(4),
+    "mean_weight.data.copy_": lambda m: m.mean_weight.data.copy_(torch.tensor([3.0, -2.0, 0.5])),
+    "var_weight copy_ under no_grad": lambda m: m.var_weight.copy_(torch.tensor([-1.0, 2.0, 0.0])),
+    "running_var.fill_": lambda m: m.running_var.fill_(0.25),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("write", list(WRITES))
+def test_in_place_writes_are_never_served_stale(write, dtype):
+    """Writes through ``.data`` bump no version counter; eval must see them all the same (also
+    for float64 input into a float32 layer, whose parameters are converted per call)."""
+    layer = _layer(("in", "ln", "bn"), seed=10)
+    x = (torch.randn(4, 8, 5, 5) * 2 + 1).to(dtype)
+    with torch.no_grad():
+        layer(x), layer(x)  # whatever a first call may keep
+        WRITES[write](layer)
+        out = layer(x)
+    torch.testing.assert_close(out.double(), _reference(layer, x), atol=2e-5, rtol=1e-5)
 
 
 def test_training_mode_and_batch_statistics_do_not_take_the_inference_path():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import sn
-from sn import functional as SNF
 from sn import native as SNN
+from sn_paths import composite_rows, rows
 from sn_reference import reference_switch_norm
 
 
@@ -34,8 +34,8 @@ def _autograd_float64(layer, x):
     """The layer's maths in plain differentiable float64 operations (for reference gradients)."""
     n, c = x.shape[:2]
     params = [p.double() for p in (layer.mean_weight, layer.var_weight, layer.weight, layer.bias)]
-    out, _ = SNF.switch_norm_autograd(x.reshape(n, c, -1), *params, layer.stats, eps=layer.eps,
-                                      num_groups=layer.num_groups or 1, devices=layer.devices)
+    out, _ = composite_rows(x.reshape(n, c, -1), *params, layer.stats, eps=layer.eps,
+                            num_groups=layer.num_groups or 1, devices=layer.devices)
     return out.reshape(x.shape)
 
 
@@ -50,18 +50,23 @@ def _node(out):
 def test_kernels_are_built_here_and_used_for_cpu_float_inputs():
     assert SNN.library() is not None, SNN.status()
     assert SNN.status() == "in use"
-    assert SNN.applies(torch.zeros(1, dtype=torch.float32)) and SNN.applies(torch.zeros(1, dtype=torch.float64))
-    assert not SNN.applies(torch.zeros(1, dtype=torch.float16))
+    assert SNN.takes(torch.zeros(1, dtype=torch.float32)) and SNN.takes(torch.zeros(1, dtype=torch.float64))
+    assert not SNN.takes(torch.zeros(1, dtype=torch.float16))
     layer = _layer()
     out = layer(torch.randn(4, 16, 5, 5, requires_grad=True))
     assert _node(out) == "NativeSwitchNormBackward"
 
 
-def test_disabled_kernels_leave_the_torch_operation_path(monkeypatch):
-    monkeypatch.setattr(SNN, "ENABLED", False)
-    assert not SNN.applies(torch.zeros(1))
-    out = _layer()(torch.randn(4, 16, 5, 5, requires_grad=True))
-    assert _node(out) == "FusedSwitchNormBackward"
+def test_preferring_torch_operations_leaves_the_kernels():
+    x = torch.randn(4, 16, 5, 5, requires_grad=True)
+    with sn.implementation("torch"):
+        assert _node(_layer()(x)) == "FusedSwitchNormBackward"
+    assert _node(_layer(implementation="torch")(x)) == "FusedSwitchNormBackward"  # the layer's own choice
+    assert _node(_layer()(x)) == "NativeSwitchNormBackward"
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        _layer(implementation="cuda")
+    with pytest.raises(ValueError, match="implementation='native' runs float32/float64 CPU tensors.*meta"):
+        _layer(implementation="native").to("meta")(x.detach().to("meta"))  # (as a GPU tensor would)
 
 
 def test_without_a_compiler_sn_warns_once_and_runs_on_torch_operations(monkeypatch):
@@ -161,12 +166,14 @@ def test_degenerate_shapes_give_finite_float64_exact_results(shape):
 def test_repeated_or_unknown_statistics_and_empty_rows_are_a_clear_error():
     x = torch.randn(2, 4, 3)
     logits = torch.zeros(2)
-    with pytest.raises(ValueError, match="distinct names"):
-        SNF.switch_norm(x, logits, logits, None, None, ("in", "in"))
-    with pytest.raises(ValueError, match="distinct names"):
-        SNF.switch_norm(x, logits, logits, None, None, ("in", "xn"))
-    with pytest.raises(ValueError, match=r"\(2, 4, 0\)"):  # the kernels' own guard, behind the layer's checks
-        SNF.switch_norm(torch.randn(2, 4, 0), logits, logits, None, None, ("in", "ln"))
+    with pytest.raises(ValueError, match="twice"):
+        sn.switch_norm(x, logits, logits, stats=("in", "in"))
+    with pytest.raises(ValueError, match="unknown statistics"):
+        sn.switch_norm(x, logits, logits, stats=("in", "xn"))
+    with pytest.raises(ValueError, match="spatial"):
+        sn.switch_norm(torch.randn(2, 4, 0), logits, logits, stats=("in", "ln"))
+    with pytest.raises(ValueError, match=r"\(2, 4, 0\)"):  # the kernels' own guard, behind those checks
+        rows(torch.randn(2, 4, 0), logits, logits, None, None, ("in", "ln"))
 
 
 def test_mixed_parameter_dtypes_return_gradients_in_each_parameters_dtype():
@@ -187,8 +194,8 @@ def test_eval_with_autograd_and_devices_takes_any_batch_size(monkeypatch):
     out = layer(x)
     with torch.no_grad():
         torch.testing.assert_close(out, layer(x), atol=1e-6, rtol=1e-6)
-    monkeypatch.setattr(SNN, "ENABLED", False)
-    torch.testing.assert_close(out, layer(x), atol=1e-6, rtol=1e-6)
+    with sn.implementation("torch"):
+        torch.testing.assert_close(out, layer(x), atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="devices"):
         layer.train()(x)
 
