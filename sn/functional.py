@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -94,12 +95,17 @@ def traced_context() -> Optional[str]:
     return None
 
 
-def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional[str] = None) -> str:
+_UNSET = object()
+
+
+def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional[str] = None,
+                          context=_UNSET) -> str:
     """``"native"``, ``"native-op"``, ``"torch"`` or ``"composite"`` for SN on ``x3`` (the
     ``(N, C, L)`` view, already float32/float64) in the current context (see the module
-    docstring). Raises ``ValueError`` when ``"native"`` is requested where it cannot run."""
+    docstring; ``context``: :func:`traced_context`'s answer when the caller has it). Raises
+    ``ValueError`` when ``"native"`` is requested where it cannot run."""
     wanted = preference(requested)
-    if sync or traced_context() is not None:
+    if sync or (traced_context() if context is _UNSET else context) is not None:
         return "composite"
     if torch.compiler.is_compiling():
         return "native-op" if wanted in ("auto", "native") and SNN.loaded_for(x3) else "composite"
@@ -186,8 +192,14 @@ def switch_norm(input: Tensor, mean_weight: Tensor, var_weight: Tensor, running_
     """
     stats = check_stats(stats)
     batch_bn = "bn" in stats and (training or running_mean is None)
-    _check_call(input, mean_weight, var_weight, stats, num_groups, devices, batch_bn,
-                (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)))
+    checked = (input, mean_weight, var_weight, stats, num_groups, devices, batch_bn,
+               (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)))
+    if torch.jit.is_tracing():  # the checks look at the example input once; the trace keeps none of them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            _check_call(*checked)
+    else:
+        _check_call(*checked)
     device_type = input.device.type
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type=device_type, enabled=False):
@@ -208,7 +220,8 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
     config = Config(stats, num_groups if "gn" in stats else 1, devices if use_batch else 1, eps)
     count = (n // config.devices) * x3.shape[2]  # elements per channel in one BN chunk
     world = SND.group_size(process_group) if sync and use_batch else 1
-    path = select_implementation(x3, sync=world > 1, requested=requested)
+    context = traced_context()
+    path = select_implementation(x3, sync=world > 1, requested=requested, context=context)
     args = (x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var)
     if path == "native":
         needs_grad = torch.is_grad_enabled() and any(
@@ -225,11 +238,11 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
     else:
         out, moments = composite.switch_norm(*args)
     if moments is not None and training and running_mean is not None:
-        update_running_stats(running_mean, running_var, *moments, momentum, count)
+        update_running_stats(running_mean, running_var, *moments, momentum, count, config.devices)
     out = out.view(input.shape) if out.is_contiguous() else out.reshape(input.shape)
     if out.dtype != input.dtype:
         out = out.to(input.dtype)
-    return _like(out, input)
+    return out if context == "torch.func" else _like(out, input)  # (vmap cannot query memory formats)
 
 
 def _torch_ops(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var):
@@ -261,14 +274,19 @@ _FUNCTORCH_HINT = ("torch.func transforms allow in-place updates only of buffers
 
 @torch.no_grad()
 def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, momentum,
-                         count: int) -> None:
-    """Moving average of the per-device batch statistics ``(D, C)`` into the running ones, as
-    BatchNorm does (unbiased variance); ``momentum`` a number or a 0-d tensor."""
-    mean = mean[0] if mean.shape[0] == 1 else mean.mean(0)  # average over the device chunks
-    var = var[0] if var.shape[0] == 1 else var.mean(0)
+                         count: int, devices: int = 1) -> None:
+    """Moving average of the per-device batch statistics ``(devices, C)`` into the running ones,
+    as BatchNorm does (unbiased variance); ``momentum`` a number or a 0-d tensor."""
+    mean = mean[0] if devices == 1 else mean.mean(0)  # average over the device chunks
+    var = var[0] if devices == 1 else var.mean(0)
     if mean.dtype != running_mean.dtype:
         mean, var = mean.to(running_mean.dtype), var.to(running_var.dtype)
-    unbias = count / max(count - 1, 1)
+    if torch.jit.is_tracing():  # (the trace keeps the example's count, as BatchNorm's trace does)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            unbias = float(count / max(count - 1, 1))
+    else:
+        unbias = count / max(count - 1, 1)
     try:
         running_mean.lerp_(mean, momentum)
         # (1 - momentum) * running + momentum * unbiased batch variance

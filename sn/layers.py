@@ -1,6 +1,7 @@
 """Switchable Normalization layers."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -192,7 +193,12 @@ class SwitchNorm(nn.Module):
         return "bn" in self.stats and (self.training or not self.track_running_stats)
 
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input(input)
+        if torch.jit.is_tracing():  # (checks of the example input, which the trace does not keep)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                self._check_input(input)
+        else:
+            self._check_input(input)
         params, buffers = self._parameters, self._buffers  # (nn.Module's __getattr__ is slow)
         momentum = 0.0
         if self.training and self.track_running_stats and "bn" in self.stats:
