@@ -5,7 +5,7 @@ Normalization", ICLR 2019. Depends on torch only; on CPUs it builds its C kernel
 (sn/native.py) with the system C compiler on first use, and runs without them if there is none.
 """
 from .batchnorm import PerDeviceBatchNorm
-from .convert import convert, set_devices
+from .convert import SwitchNormAct, SwitchNormAct2d, convert, set_devices
 from .config import KNOWN_STATS
 from .functional import implementation, switch_norm
 from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
@@ -23,6 +23,8 @@ __all__ = [
     "SwitchNorm1d",
     "SwitchNorm2d",
     "SwitchNorm3d",
+    "SwitchNormAct",
+    "SwitchNormAct2d",
     "convert",
     "implementation",
     "make_norm",

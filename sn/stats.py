@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -63,7 +64,8 @@ def update_stats(
         forward: ``forward(model, batch)`` for other batch types. Default: ``model(batch[0])``.
 
     Returns:
-        ``model``, with the averaged statistics in place.
+        ``model``, with the averaged statistics in place. A model without such layers is
+        returned unchanged with a warning that says so.
 
     Raises:
         ValueError: ``num_batches`` not positive, or ``batches`` yields fewer batches.
@@ -72,6 +74,9 @@ def update_stats(
         raise ValueError(f"num_batches must be a positive integer, got {num_batches!r}")
     layers = _batch_stat_layers(model)
     if not layers:
+        warnings.warn(f"sn.update_stats: {type(model).__name__} has no layer with batch statistics to average "
+                      f"(no SN layer with a BN branch and running statistics, no BatchNorm); nothing was changed",
+                      UserWarning, stacklevel=2)
         return model
     forward = forward or _default_forward
     modes = {m: m.training for m in model.modules()}
