@@ -18,6 +18,8 @@ from torch import nn
 import sn
 from sn import native as SNN
 
+from tasks.classify.model import CifarResNet, norm_factory
+
 from .baselines import PublishedFormSN, ThreeMomentsSN
 
 SHAPES = [(8, 64, 56), (32, 64, 32), (8, 256, 14), (2, 64, 56), (32, 16, 28)]
@@ -145,32 +147,9 @@ def print_table(rows, kind, unit, names=None, title=None):
 
 
 def small_resnet(norm, num_classes=10, width=16, blocks=3):
-    """A CIFAR-style ResNet-20 (3 stages of ``blocks`` basic blocks) with ``sn.make_norm(norm)``."""
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.n1 = sn.make_norm(norm, cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.n2 = sn.make_norm(norm, cout)
-            self.short = nn.Sequential()
-            if stride != 1 or cin != cout:
-                self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), sn.make_norm(norm, cout))
-
-        def forward(self, x):
-            out = torch.relu(self.n1(self.conv1(x)))
-            return torch.relu(self.n2(self.conv2(out)) + self.short(x))
-
-    layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False), sn.make_norm(norm, width), nn.ReLU()]
-    cin = width
-    for stage in range(3):
-        cout = width * 2 ** stage
-        for b in range(blocks):
-            layers.append(Block(cin, cout, 2 if (b == 0 and stage > 0) else 1))
-            cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
-    return nn.Sequential(*layers)
+    """A CIFAR-style ResNet-20 (3 stages of ``blocks`` basic blocks) with ``sn.make_norm(norm)``:
+    the classification task's network, :class:`tasks.classify.model.CifarResNet`."""
+    return CifarResNet(6 * blocks + 2, num_classes, 3, width, norm_factory(norm))
 
 
 def bench_end_to_end(device, repeats, batch=64, compile_too=False):
