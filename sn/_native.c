@@ -3,7 +3,9 @@
  *
  * Built and loaded by sn/native.py (one compile per machine, cached). The body below is
  * written once for a type REAL and a suffix SFX; native.py instantiates it for float and
- * double. Layout: the input is a contiguous (N, C, L) array, row r = n * C + c.
+ * double. Layout: the input is an (N, C, L) array, row r = n * C + c, either contiguous
+ * (NCHW: element (n, c, t) at (n * C + c) * L + t) or channels-last (NHWC: at (n * L + t) * C + c;
+ * the `cl` argument). The per-row (N, C) arrays are the same in both.
  *
  * Numerics: every statistic and gradient sum accumulates in double. A row's moments come from
  * one pass over values shifted by the row's first one (float) or two passes (double), see
@@ -227,23 +229,122 @@ static void SN_FN(affine_rows)(const REAL *x, REAL *y, i64 rows, i64 l, const do
     }
 }
 
+/* Channels-last twins of the passes above: the rows of one sample are interleaved, so each
+ * thread takes a sample and a block of channels, walks the pixels, and keeps one accumulator
+ * per channel of its block (contiguous in memory: the inner loop vectorizes over channels). */
+#define SN_CL_BLOCK 64
+
+static void SN_FN(row_moments_cl)(const REAL *x, i64 n, i64 c, i64 l, double *mean, double *var, int nt) {
+    i64 blocks = (c + SN_CL_BLOCK - 1) / SN_CL_BLOCK;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (i64 job = 0; job < n * blocks; job++) {
+        i64 i = job / blocks, j0 = (job % blocks) * SN_CL_BLOCK, w = c - j0 < SN_CL_BLOCK ? c - j0 : SN_CL_BLOCK;
+        const REAL *p = x + i * l * c + j0;
+        double s[SN_CL_BLOCK] = {0}, q[SN_CL_BLOCK] = {0}, k[SN_CL_BLOCK];
+#if ONE_PASS
+        for (i64 j = 0; j < w; j++) k[j] = (double)p[j];
+        for (i64 t = 0; t < l; t++) {
+            const REAL *pt = p + t * c;
+#pragma omp simd
+            for (i64 j = 0; j < w; j++) { double d = (double)pt[j] - k[j]; s[j] += d; q[j] += d * d; }
+        }
+        for (i64 j = 0; j < w; j++) {
+            double m = s[j] / (double)l, v = q[j] / (double)l - m * m;
+            mean[i * c + j0 + j] = k[j] + m;
+            var[i * c + j0 + j] = v > 0.0 ? v : 0.0;
+        }
+#else
+        for (i64 t = 0; t < l; t++) {
+            const REAL *pt = p + t * c;
+#pragma omp simd
+            for (i64 j = 0; j < w; j++) s[j] += (double)pt[j];
+        }
+        for (i64 j = 0; j < w; j++) k[j] = s[j] / (double)l;
+        for (i64 t = 0; t < l; t++) {
+            const REAL *pt = p + t * c;
+#pragma omp simd
+            for (i64 j = 0; j < w; j++) { double d = (double)pt[j] - k[j]; q[j] += d * d; }
+        }
+        for (i64 j = 0; j < w; j++) { mean[i * c + j0 + j] = k[j]; var[i * c + j0 + j] = q[j] / (double)l; }
+#endif
+    }
+}
+
+/* o = a * g + b * ((x - hi) - lo) + c0 per element, the five coefficients per row, REAL (rows,)
+ * each: affine_rows (g NULL, a = 0) and grad_rows in the channels-last layout. */
+static void SN_FN(rows_apply_cl)(const REAL *g, const REAL *x, REAL *o, i64 n, i64 c, i64 l, const REAL *A,
+                                 const REAL *B, const REAL *C0, const REAL *HI, const REAL *LO, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (i64 job = 0; job < n * l; job++) {
+        i64 i = job / l;
+        const REAL *xp = x + job * c, *a = A + i * c, *b = B + i * c, *c0 = C0 + i * c, *hi = HI + i * c,
+                   *lo = LO + i * c;
+        REAL *op = o + job * c;
+        if (g) {
+            const REAL *gp = g + job * c;
+#pragma omp simd
+            for (i64 j = 0; j < c; j++) op[j] = a[j] * gp[j] + b[j] * ((xp[j] - hi[j]) - lo[j]) + c0[j];
+        } else {
+#pragma omp simd
+            for (i64 j = 0; j < c; j++) op[j] = b[j] * ((xp[j] - hi[j]) - lo[j]) + c0[j];
+        }
+    }
+}
+
+/* The REAL coefficients of rows_apply_cl: hi/lo split of the centers, and b, c0 (and a). */
+static void SN_FN(cl_coefficients)(i64 rows, const double *center, const double *a, const double *b,
+                                   const double *c0, REAL *out) {
+    REAL *A = out, *B = out + rows, *C0 = out + 2 * rows, *HI = out + 3 * rows, *LO = out + 4 * rows;
+    for (i64 r = 0; r < rows; r++) {
+        HI[r] = (REAL)center[r];
+        LO[r] = (REAL)(center[r] - (double)HI[r]);
+        A[r] = a ? (REAL)a[r] : (REAL)0;
+        B[r] = (REAL)b[r];
+        C0[r] = (REAL)c0[r];
+    }
+}
+
+static void SN_FN(row_grad_sums_cl)(const REAL *g, const REAL *x, i64 n, i64 c, i64 l, const double *mean_in,
+                                    double *sg, double *sgx, int nt) {
+    i64 blocks = (c + SN_CL_BLOCK - 1) / SN_CL_BLOCK;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (i64 job = 0; job < n * blocks; job++) {
+        i64 i = job / blocks, j0 = (job % blocks) * SN_CL_BLOCK, w = c - j0 < SN_CL_BLOCK ? c - j0 : SN_CL_BLOCK;
+        const REAL *gp = g + i * l * c + j0, *xp = x + i * l * c + j0;
+        double s[SN_CL_BLOCK] = {0}, q[SN_CL_BLOCK] = {0}, m[SN_CL_BLOCK];
+        for (i64 j = 0; j < w; j++) m[j] = mean_in[i * c + j0 + j];
+        for (i64 t = 0; t < l; t++) {
+            const REAL *gt = gp + t * c, *xt = xp + t * c;
+#pragma omp simd
+            for (i64 j = 0; j < w; j++) {
+                double gv = (double)gt[j];
+                s[j] += gv;
+                q[j] += gv * ((double)xt[j] - m[j]);
+            }
+        }
+        for (i64 j = 0; j < w; j++) { sg[i * c + j0 + j] = s[j]; sgx[i * c + j0 + j] = q[j]; }
+    }
+}
+
 /* Forward. mean_in/var_in (N, C) receive the rows' moments (for the backward) or are NULL;
  * bn_out (2, D, C) receives the batch BN moments or is NULL. Returns 0, -1 (no memory) or -2
  * (bad sizes: the caller checks them; this guards the memory). */
 int SN_FN(sn_forward)(const REAL *x, REAL *y, i64 n, i64 c, i64 l, i64 groups, i64 devices, int k,
                       const int *ops, const REAL *mean_logits, const REAL *var_logits, const REAL *bn_mean,
                       const REAL *bn_var, const REAL *gamma, const REAL *beta, double eps, double *mean_in,
-                      double *var_in, REAL *bn_out, int nt) {
+                      double *var_in, REAL *bn_out, int cl, int nt) {
     Mix M;
     i64 rows = n * c;
     nt = threads_for(rows * l, nt);
     int err = SN_FN(mix_setup)(&M, n, c, l, groups, devices, k, ops, mean_logits, var_logits, bn_mean, bn_var);
     if (err) return err;
-    double *work = (double *)malloc(sizeof(double) * (size_t)(rows * (mean_in ? 3 : 5)));
+    /* 5 rows-sized doubles, and for channels-last 5 rows-sized REALs of coefficients */
+    double *work = (double *)malloc(sizeof(double) * (size_t)(rows * 5) + (cl ? sizeof(REAL) * (size_t)(rows * 5) : 0));
     if (!work) { mix_free(&M); return -1; }
     double *mean = work, *scale = work + rows, *shift = work + 2 * rows;
     if (!mean_in) { mean_in = work + 3 * rows; var_in = work + 4 * rows; }
-    SN_FN(row_moments)(x, rows, l, mean_in, var_in, nt);
+    if (cl) SN_FN(row_moments_cl)(x, n, c, l, mean_in, var_in, nt);
+    else SN_FN(row_moments)(x, rows, l, mean_in, var_in, nt);
     mix_pool(&M, mean_in, var_in);
     mix_rows(&M, mean_in, var_in, mean, scale);
     for (i64 i = 0; i < n; i++)
@@ -252,7 +353,14 @@ int SN_FN(sn_forward)(const REAL *x, REAL *y, i64 n, i64 c, i64 l, i64 groups, i
             scale[r] = (gamma ? (double)gamma[j] : 1.0) / sqrt(scale[r] + eps);
             shift[r] = beta ? (double)beta[j] : 0.0;
         }
-    SN_FN(affine_rows)(x, y, rows, l, mean, scale, shift, nt);
+    if (cl) {
+        REAL *coef = (REAL *)(work + 5 * rows);
+        SN_FN(cl_coefficients)(rows, mean, NULL, scale, shift, coef);
+        SN_FN(rows_apply_cl)(NULL, x, y, n, c, l, coef, coef + rows, coef + 2 * rows, coef + 3 * rows,
+                             coef + 4 * rows, nt);
+    } else {
+        SN_FN(affine_rows)(x, y, rows, l, mean, scale, shift, nt);
+    }
     if (bn_out && batch_bn(&M))
         for (i64 q = 0; q < devices * c; q++) {
             bn_out[q] = (REAL)M.bn_m[q];
@@ -302,7 +410,7 @@ int SN_FN(sn_backward)(const REAL *g, const REAL *x, REAL *dx, i64 n, i64 c, i64
                        int k, const int *ops, const REAL *mean_logits, const REAL *var_logits,
                        const REAL *bn_mean, const REAL *bn_var, const REAL *gamma, double eps,
                        const double *mean_in, const double *var_in, REAL *d_mean_logits, REAL *d_var_logits,
-                       REAL *d_gamma, REAL *d_beta, int nt) {
+                       REAL *d_gamma, REAL *d_beta, int cl, int nt) {
     Mix M;
     i64 rows = n * c;
     nt = threads_for(rows * l, nt);
@@ -310,7 +418,8 @@ int SN_FN(sn_backward)(const REAL *g, const REAL *x, REAL *dx, i64 n, i64 c, i64
     if (err) return err;
     i64 sets = n * groups > devices * c ? n * groups : devices * c;
     sets = sets > n ? sets : n;
-    double *work = (double *)malloc(sizeof(double) * (size_t)(8 * rows + 2 * sets + 2 * c));
+    double *work = (double *)malloc(sizeof(double) * (size_t)(8 * rows + 2 * sets + 2 * c) +
+                                    (cl ? sizeof(REAL) * (size_t)(5 * rows) : 0));
     if (!work) { mix_free(&M); return -1; }
     double *mean = work, *rstd = work + rows, *sg = work + 2 * rows, *sgx = work + 3 * rows;
     double *dmean = work + 4 * rows, *dvar = work + 5 * rows, *dmu_in = work + 6 * rows;
@@ -319,7 +428,8 @@ int SN_FN(sn_backward)(const REAL *g, const REAL *x, REAL *dx, i64 n, i64 c, i64
     mix_pool(&M, mean_in, var_in);
     mix_rows(&M, mean_in, var_in, mean, rstd);
     for (i64 r = 0; r < rows; r++) rstd[r] = 1.0 / sqrt(rstd[r] + eps);
-    SN_FN(row_grad_sums)(g, x, rows, l, mean_in, sg, sgx, nt);
+    if (cl) SN_FN(row_grad_sums_cl)(g, x, n, c, l, mean_in, sg, sgx, nt);
+    else SN_FN(row_grad_sums)(g, x, rows, l, mean_in, sg, sgx, nt);
     /* upstream gradients of the mixed moments, and the affine parameters' */
     memset(dg, 0, sizeof(double) * (size_t)(2 * c));
     for (i64 i = 0; i < n; i++)
@@ -381,7 +491,14 @@ int SN_FN(sn_backward)(const REAL *g, const REAL *x, REAL *dx, i64 n, i64 c, i64
                 B[r] = 2.0 * dvar_in[r] / (double)l;
                 C0[r] = dmu_in[r] / (double)l;
             }
-        SN_FN(grad_rows)(g, x, dx, rows, l, mean_in, A, B, C0, nt);
+        if (cl) {
+            REAL *coef = (REAL *)(db + c);
+            SN_FN(cl_coefficients)(rows, mean_in, A, B, C0, coef);
+            SN_FN(rows_apply_cl)(g, x, dx, n, c, l, coef, coef + rows, coef + 2 * rows, coef + 3 * rows,
+                                 coef + 4 * rows, nt);
+        } else {
+            SN_FN(grad_rows)(g, x, dx, rows, l, mean_in, A, B, C0, nt);
+        }
     }
     free(work);
     mix_free(&M);

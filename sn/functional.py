@@ -50,6 +50,9 @@ def _environment_preference() -> str:
     return "torch" if off else "auto"
 
 
+_ENVIRONMENT = _environment_preference()  # (read once, at import)
+
+
 def check_preference(name) -> str:
     if name not in PREFERENCES:
         raise ValueError(f"implementation must be one of {PREFERENCES}, got {name!r}")
@@ -78,7 +81,7 @@ def preference(requested: Optional[str] = None) -> str:
     """The preference in force: ``requested``, else :func:`implementation`'s, else the environment's."""
     if requested is not None:
         return check_preference(requested)
-    return _PREFERENCE.get() or _environment_preference()
+    return _PREFERENCE.get() or _ENVIRONMENT
 
 
 def traced_context() -> Optional[str]:
@@ -142,24 +145,26 @@ def _check_call(input: Tensor, mean_weight: Tensor, var_weight: Tensor, stats, n
                 batch_bn: bool, tensors) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"switch_norm expects a Tensor input, got {type(input).__name__}")
-    if input.dim() < 2:
-        raise ValueError(f"expected an (N, C, *) input, got a {input.dim()}D input of shape {tuple(input.shape)}")
+    shape = input.shape
+    if len(shape) < 2:
+        raise ValueError(f"expected an (N, C, *) input, got a {len(shape)}D input of shape {tuple(shape)}")
     if not input.is_floating_point():
         raise TypeError(f"expected a floating-point input, got {input.dtype}")
-    n, c = input.shape[0], input.shape[1]
+    n, c = shape[0], shape[1]
     if n == 0:
         raise ValueError("expected a non-empty batch, got batch size 0")
     if input.numel() == 0:
-        raise ValueError(f"expected non-empty spatial dimensions, got input of shape {tuple(input.shape)}")
-    for name, logits in (("mean_weight", mean_weight), ("var_weight", var_weight)):
-        if logits.shape != (len(stats),):
-            raise ValueError(f"{name} must hold one logit per statistic of {stats}, got shape {tuple(logits.shape)}")
+        raise ValueError(f"expected non-empty spatial dimensions, got input of shape {tuple(shape)}")
+    k = len(stats)
+    if mean_weight.shape != (k,) or var_weight.shape != (k,):
+        raise ValueError(f"mean_weight and var_weight must hold one logit per statistic of {stats}, got shapes "
+                         f"{tuple(mean_weight.shape)} and {tuple(var_weight.shape)}")
     for name, t in tensors:
         if t is not None and t.shape != (c,):
             raise ValueError(f"{name} must have shape ({c},) for an input of {c} channels, got {tuple(t.shape)}")
-    if "gn" in stats and (num_groups < 1 or c % num_groups):
+    if num_groups != 1 and "gn" in stats and (num_groups < 1 or c % num_groups):
         raise ValueError(f"num_groups={num_groups} must be a positive divisor of the {c} channels")
-    if batch_bn and n % devices:
+    if batch_bn and devices != 1 and n % devices:
         raise ValueError(f"batch size {n} is not divisible by devices={devices}: per-device statistics "
                          f"need {devices} equal chunks")
 

@@ -124,9 +124,10 @@ def _build(cc: str) -> Path:
 
 
 _P, _I64, _INT, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
-_FORWARD_ARGS = [_P, _P, _I64, _I64, _I64, _I64, _I64, _INT, _P, _P, _P, _P, _P, _P, _P, _F64, _P, _P, _P, _INT]
+_FORWARD_ARGS = [_P, _P, _I64, _I64, _I64, _I64, _I64, _INT, _P, _P, _P, _P, _P, _P, _P, _F64, _P, _P, _P, _INT,
+                 _INT]
 _BACKWARD_ARGS = [_P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT, _P, _P, _P, _P, _P, _P, _F64, _P, _P, _P, _P,
-                  _P, _P, _INT]
+                  _P, _P, _INT, _INT]
 
 
 def library():
@@ -160,8 +161,10 @@ def status() -> str:
 def takes(x: Tensor) -> bool:
     """Whether the C kernels can run SN on ``x``: a float32/float64 CPU tensor, kernels built
     (building them on the first call; warns once when they cannot be)."""
-    if not (x.dtype in _TYPES and x.device.type == "cpu"):
+    if not (x.is_cpu and x.dtype in _TYPES):
         return False
+    if _state["lib"] is not None:
+        return True
     if library() is None and not _state.get("warned"):
         _state["warned"] = True
         warnings.warn(f"sn: the C kernels are not available, SN runs on slower PyTorch operations "
@@ -172,7 +175,7 @@ def takes(x: Tensor) -> bool:
 def loaded_for(x: Tensor) -> bool:
     """:func:`takes` without building or warning (traceable by ``torch.compile``): whether the
     kernels are already loaded and take ``x``."""
-    return x.dtype in _TYPES and x.device.type == "cpu" and _state["lib"] is not None
+    return x.is_cpu and x.dtype in _TYPES and _state["lib"] is not None
 
 
 def _ptr(t: Optional[Tensor]):
@@ -193,13 +196,24 @@ def _ops_array(stats: Sequence[str]):
 
 
 def _as(t: Optional[Tensor], dtype) -> Optional[Tensor]:
-    """``t`` detached, contiguous, in ``dtype`` (no copy when it already is)."""
-    if t is None:
-        return None
-    t = t.detach()
-    if t.dtype != dtype:
-        t = t.to(dtype)
-    return t if t.is_contiguous() else t.contiguous()
+    """``t`` contiguous in ``dtype``, for the kernels to read (``t`` itself when it already is;
+    a detached copy otherwise). The kernels only read pointers: no graph is recorded either way."""
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.detach().to(dtype).contiguous()
+
+
+def channels_last(x3: Tensor) -> bool:
+    """Whether the ``(N, C, L)`` view ``x3`` lies in memory channels-last (as ``(N, L, C)``; the
+    view of a channels-last image batch), which the kernels read as it is."""
+    n, c, l = x3.shape
+    return l > 1 and c > 1 and x3.stride() == (l * c, 1, c)
+
+
+def readable(x3: Tensor) -> Tensor:
+    """``x3`` itself when the kernels can read its layout (contiguous or channels-last), else a
+    contiguous copy."""
+    return x3 if x3.is_contiguous() or channels_last(x3) else x3.contiguous()
 
 
 def batch_chunks(stats: Sequence[str], bn_mean: Optional[Tensor], devices: int) -> int:
@@ -219,12 +233,15 @@ def _check(status_code: int, kernel: str, shape) -> None:
 def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, gamma: Optional[Tensor], beta: Optional[Tensor],
             stats: Sequence[str], eps: float, num_groups: int, devices: int, bn_mean: Optional[Tensor],
             bn_var: Optional[Tensor], keep_moments: bool) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """SN of the contiguous ``x3`` ``(N, C, L)``, no graph: ``(output, rows' moments (2, N, C)
+    """SN of ``x3`` ``(N, C, L)`` (contiguous or channels-last), no graph: ``(output, rows' moments (2, N, C)
     float64 or None, batch BN moments (2, D, C) or None)``. Every other tensor is contiguous in
     ``x3``'s dtype (the :func:`_as` form): the logits ``(K,)``, ``gamma``/``beta`` ``(C,)`` or
     None, and ``bn_mean``/``bn_var``, fixed ``(C,)`` statistics or None for the batch's."""
     n, c, l = x3.shape
-    out = torch.empty_like(x3)
+    cl = channels_last(x3)
+    if not (cl or x3.is_contiguous()):
+        raise ValueError("sn: the C kernels read contiguous or channels-last (N, C, L) inputs")
+    out = torch.empty_like(x3)  # (the same layout)
     moments = torch.empty((2, n, c), dtype=torch.float64) if keep_moments else None
     batch = "bn" in stats and bn_mean is None
     bn_out = torch.empty((2, devices, c), dtype=x3.dtype) if batch else None
@@ -232,7 +249,7 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, gamma: Optional
     status_code = fn(x3.data_ptr(), out.data_ptr(), n, c, l, num_groups, devices, len(stats), _ops_array(stats),
                      mean_logits.data_ptr(), var_logits.data_ptr(), _ptr(bn_mean), _ptr(bn_var), _ptr(gamma),
                      _ptr(beta), eps, _ptr(None if moments is None else moments[0]),
-                     _ptr(None if moments is None else moments[1]), _ptr(bn_out), torch.get_num_threads())
+                     _ptr(None if moments is None else moments[1]), _ptr(bn_out), int(cl), torch.get_num_threads())
     _check(status_code, "forward", x3.shape)
     return out, moments, bn_out
 
@@ -240,7 +257,7 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, gamma: Optional
 class NativeSwitchNorm(torch.autograd.Function):
     """SN's training forward and backward in the C kernels, saving the input and the rows'
     ``(N, C)`` moments. ``apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean,
-    bn_var)`` with ``x3`` contiguous; returns the output ``(N, C, L)`` and, when the BN branch
+    bn_var)`` with ``x3`` contiguous or channels-last; returns the output ``(N, C, L)`` and, when the BN branch
     uses the batch, its per-device moments. Under ``create_graph=True`` the backward returns
     the composite form's gradients as a graph (double backward)."""
 
@@ -287,9 +304,12 @@ def backward(grad_out: Tensor, x3: Tensor, moments: Tensor, mean_logits: Tensor,
     (:func:`forward`'s, and the rows' moments it returned)."""
     n, c, l = x3.shape
     dtype = x3.dtype
-    g = grad_out.contiguous()
+    cl = channels_last(x3)
+    g = grad_out.reshape(x3.shape)
     if g.dtype != dtype:
         g = g.to(dtype)
+    if g.stride() != x3.stride():  # the gradient in the input's layout
+        g = torch.empty_like(x3).copy_(g)
     d_x = torch.empty_like(x3) if need_x else None
     d_mean_logits, d_var_logits = torch.empty(len(stats), dtype=dtype), torch.empty(len(stats), dtype=dtype)
     d_gamma = torch.empty(c, dtype=dtype) if need_gamma else None
@@ -298,7 +318,7 @@ def backward(grad_out: Tensor, x3: Tensor, moments: Tensor, mean_logits: Tensor,
     status_code = fn(g.data_ptr(), x3.data_ptr(), _ptr(d_x), n, c, l, num_groups, devices, len(stats),
                      _ops_array(stats), mean_logits.data_ptr(), var_logits.data_ptr(), _ptr(bn_mean), _ptr(bn_var),
                      _ptr(gamma), eps, moments[0].data_ptr(), moments[1].data_ptr(), d_mean_logits.data_ptr(),
-                     d_var_logits.data_ptr(), _ptr(d_gamma), _ptr(d_beta), torch.get_num_threads())
+                     d_var_logits.data_ptr(), _ptr(d_gamma), _ptr(d_beta), int(cl), torch.get_num_threads())
     _check(status_code, "backward", x3.shape)
     return d_x, d_mean_logits, d_var_logits, d_gamma, d_beta
 
@@ -307,8 +327,9 @@ def switch_norm(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Opt
                 bias: Optional[Tensor], config, bn_mean: Optional[Tensor] = None, bn_var: Optional[Tensor] = None,
                 needs_grad: bool = True):
     """SN of ``x3`` ``(N, C, L)`` (float32/float64, CPU) on the C kernels: ``(output, per-device
-    batch BN moments or None)``; through :class:`NativeSwitchNorm` when a gradient is needed."""
-    x3 = x3.contiguous()
+    batch BN moments or None)``; through :class:`NativeSwitchNorm` when a gradient is needed.
+    Contiguous and channels-last inputs are read as they are (the output has their layout)."""
+    x3 = readable(x3)
     if needs_grad:
         out, *batch_bn = NativeSwitchNorm.apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var)
         return out, (tuple(batch_bn) if batch_bn else None)
@@ -320,4 +341,4 @@ def switch_norm(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Opt
 
 
 __all__ = ["NativeSwitchNorm", "backward", "batch_chunks", "forward", "library", "loaded_for", "status",
-           "switch_norm", "takes"]
+           "channels_last", "readable", "switch_norm", "takes"]

@@ -216,3 +216,30 @@ def test_processes_building_at_once_all_get_a_working_library(tmp_path):
     assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
     assert len({out for out, _ in outs}) == 1  # the same input, the same result everywhere
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # one library, no temporary files left
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("stats,devices", [(("in", "ln", "bn"), 1), (("in", "ln", "bn", "gn"), 2), (("ln", "gn"), 1)])
+@pytest.mark.parametrize("c", [8, 70])  # one channel block, and more than one (64 channels per block)
+def test_channels_last_inputs_are_read_in_place_and_match_float64(stats, devices, c, dtype):
+    """The kernels read channels-last data as it lies (no copy in, a channels-last output) and
+    give the contiguous layout's numbers, outputs and gradients, in training and eval."""
+    layer = _layer(stats, c=c, devices=devices, num_groups=2 if "gn" in stats else None).to(dtype)
+    x = (torch.randn(4, c, 5, 3, dtype=dtype) * 3 + 1e3)
+    xc = x.to(memory_format=torch.channels_last).requires_grad_()
+    xn = x.clone().requires_grad_()
+    out_c, out_n = layer(xc), layer(xn)
+    assert out_c.is_contiguous(memory_format=torch.channels_last) and _node(out_c) == "NativeSwitchNormBackward"
+    tol = dict(atol=1e-12, rtol=1e-12) if dtype == torch.float64 else dict(atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(out_c.double(), _reference(layer, x), **tol)
+    torch.testing.assert_close(out_c, out_n, **tol)
+    grad = torch.randn_like(out_n)
+    for g in (grad, grad.to(memory_format=torch.channels_last)):  # either layout of the upstream gradient
+        params = [layer.mean_weight, layer.var_weight, layer.weight, layer.bias]
+        got = torch.autograd.grad(layer(xc), [xc] + params, g)
+        want = torch.autograd.grad(layer(xn), [xn] + params, grad)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-10 if dtype == torch.float64 else 1e-4, rtol=1e-5)
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(xc), layer(xn), **tol)
