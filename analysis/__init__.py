@@ -1,7 +1,7 @@
 """Read run directories into tidy pandas frames, and build the paper's figures and tables.
 
 Pure functions on files and DataFrames: no Streamlit, no training code. The run-directory
-format is described in DESIGN.md ("Run directory").
+format is described in ``docs/run-format.md`` and read through :mod:`runformat`.
 
 - :mod:`analysis.load`: :func:`load_runs` reads every run under a root into a :class:`RunData`
   (frames ``runs``, ``metrics``, ``weights`` and a list of warnings).

@@ -9,22 +9,13 @@ BN) counts that op as 0, so the averages of a group still sum to 1 per statistic
 
 from __future__ import annotations
 
-import re
 from typing import Callable, Iterable
 
 import pandas as pd
+from runformat import parse_batch
 
 OP_ORDER = ("in", "ln", "bn", "gn")
 STAT_ORDER = ("mean", "var")
-_BATCH_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
-
-
-def parse_batch(batch: str) -> tuple[int, int]:
-    """``"8x2"`` -> ``(8, 2)`` (devices, samples per device); ``ValueError`` otherwise."""
-    match = _BATCH_RE.match(batch) if isinstance(batch, str) else None
-    if match is None:
-        raise ValueError(f"batch setting {batch!r} is not of the form 'GxS' (e.g. '8x2')")
-    return int(match.group(1)), int(match.group(2))
 
 
 def batch_sort_key(batch) -> tuple:

@@ -1,8 +1,8 @@
 """Load run directories into tidy pandas frames.
 
-A root holds ``<experiment>/<run>/`` directories (DESIGN.md, "Run directory"), each with
-``config.yaml``, ``summary.json``, ``metrics.csv`` and ``weights.csv``. :func:`load_runs`
-reads all of them into three frames:
+A root holds ``<experiment>/<run>/`` directories (the format: ``docs/run-format.md``, read
+through :mod:`runformat`), each with ``config.yaml``, ``summary.json``, ``metrics.csv`` and
+``weights.csv``. :func:`load_runs` reads all of them into three frames:
 
 - ``runs``: one row per run: ``run_id`` ("experiment/run"), ``experiment``, ``run``, ``task``,
   ``norm``, ``batch``, ``label`` (a short legend name), ``status``, ``started``, ``ended``,
@@ -17,7 +17,6 @@ read is skipped and described in ``RunData.warnings``; loading itself does not f
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -25,21 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import runformat as rf
 import yaml
+from runformat import UnsupportedFormatError, find_run_dirs
 
-FORMAT_VERSION = 1
-RUN_FILES = ("config.yaml", "summary.json", "metrics.csv", "weights.csv")
-SIGNATURE_FILES = RUN_FILES + ("architectures.jsonl",)
+SIGNATURE_FILES = rf.RUN_FILES + (rf.ARCHITECTURES_FILE,)
 ID_COLUMNS = ("run_id", "experiment", "run", "task", "norm", "batch", "label")
-METRIC_COLUMNS = ("step", "epoch", "split", "name", "value")
-WEIGHT_COLUMNS = ("step", "epoch", "layer", "stat", "op", "weight")
+METRIC_COLUMNS = rf.METRICS_COLUMNS
+WEIGHT_COLUMNS = rf.WEIGHTS_COLUMNS
 ARCH_COLUMNS = ("epoch", "step", "arch", "val_acc")
-STATUSES = ("running", "finished", "failed")
-SUMMARY_FIELDS = ("status", "started", "ended", "wall_time_s", "error")
-
-
-class UnsupportedFormatError(ValueError):
-    """A run file written in a format version this code does not read."""
+SUMMARY_COLUMNS = ("status", "started", "ended", "wall_time_s", "error")  # of the runs frame
 
 
 @dataclass
@@ -81,40 +75,6 @@ def load_runs(root: str | os.PathLike = "runs", experiment: str | list[str] | No
     return RunData(runs.reset_index(drop=True), metrics, weights, warnings)
 
 
-def find_run_dirs(root: Path) -> list[tuple[str, Path]]:
-    """``(experiment name, run directory)`` for every run below ``root``, sorted by path."""
-    found = []
-    for child in _subdirs(root):
-        if _is_run_dir(child):  # root is itself one experiment's directory
-            found.append((root.resolve().name, child))
-            continue
-        found.extend((child.name, run_dir) for run_dir in _subdirs(child) if _is_run_dir(run_dir))
-    return found
-
-
-def read_config(path: Path) -> dict:
-    """The run's config as a dict (``ValueError`` if it is not a YAML mapping)."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
-    return data
-
-
-def read_summary(path: Path) -> dict:
-    """The run's summary; :class:`UnsupportedFormatError` for another ``format_version``."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise UnsupportedFormatError(
-            f"{path}: summary format_version {version!r} is not supported (this analysis reads "
-            f"format_version {FORMAT_VERSION}); use the suite version that wrote this run")
-    return data
-
-
 def read_csv_table(path: Path, columns: tuple[str, ...], ints=(), floats=()) -> tuple[pd.DataFrame, list[str]]:
     """Read a CSV with a header naming at least ``columns``, tolerating damage.
 
@@ -122,21 +82,19 @@ def read_csv_table(path: Path, columns: tuple[str, ...], ints=(), floats=()) -> 
     skipped and reported. ``ints`` columns must hold integers, ``floats`` columns numbers
     (``nan``/``inf`` allowed; an empty ``epoch`` reads as NaN). Returns (frame, warnings).
     """
-    lines, warnings = _complete_lines(path)
-    if not lines:
+    table = rf.read_table(path)
+    warnings = [_cut_warning(path, table.cut)] if table.cut is not None else []
+    if not table.header:
         return _empty(columns), warnings
-    header = next(csv.reader([lines[0]]))
-    missing = [c for c in columns if c not in header]
+    missing = [c for c in columns if c not in table.header]
     if missing:
         return _empty(columns), warnings + [f"{path}: header lacks {missing}, file skipped"]
-    where = {c: header.index(c) for c in columns}
+    where = {c: table.header.index(c) for c in columns}
     records, bad = [], []
-    for lineno, row in enumerate(csv.reader(lines[1:]), start=2):
-        if not row:
-            continue
+    for lineno, row in table.rows:
         try:
-            if len(row) != len(header):
-                raise ValueError(f"{len(row)} fields, header has {len(header)}")
+            if len(row) != len(table.header):
+                raise ValueError(f"{len(row)} fields, header has {len(table.header)}")
             records.append(tuple(_convert(row[where[c]], c, ints, floats) for c in columns))
         except ValueError:
             bad.append(lineno)
@@ -148,26 +106,16 @@ def read_csv_table(path: Path, columns: tuple[str, ...], ints=(), floats=()) -> 
 
 def read_architectures(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
     """ENAS ``architectures.jsonl`` as a frame (epoch, step, arch, val_acc), tolerating damage."""
-    path = _as_path(run_dir, "run_dir") / "architectures.jsonl"
+    path = _as_path(run_dir, "run_dir") / rf.ARCHITECTURES_FILE
     if not path.exists():
         return _empty(ARCH_COLUMNS), []
-    lines, warnings = _complete_lines(path)
-    records, bad = [], []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            bad.append(lineno)
-            continue
-        arch = obj.get("arch")
-        records.append((obj.get("epoch"), obj.get("step"),
-                        arch if isinstance(arch, str) else json.dumps(arch), obj.get("val_acc")))
-    if bad:
-        warnings.append(f"{path}: skipped {len(bad)} malformed line(s), first at line {bad[0]}")
+    content = rf.read_records(path)
+    warnings = [_cut_warning(path, content.cut)] if content.cut is not None else []
+    if content.malformed:
+        warnings.append(f"{path}: skipped {len(content.malformed)} malformed line(s), "
+                        f"first at line {content.malformed[0]}")
+    records = [(r.get("epoch"), r.get("step"), r["arch"] if isinstance(r.get("arch"), str) else json.dumps(r.get("arch")),
+                r.get("val_acc")) for r in content.records]
     frame = pd.DataFrame.from_records(records, columns=list(ARCH_COLUMNS)) if records else _empty(ARCH_COLUMNS)
     frame["val_acc"] = pd.to_numeric(frame["val_acc"], errors="coerce")
     return frame, warnings
@@ -175,7 +123,7 @@ def read_architectures(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[s
 
 def list_samples(run_dir: str | os.PathLike) -> list[Path]:
     """The PNG files under the run's ``samples/`` folder, sorted by name."""
-    folder = _as_path(run_dir, "run_dir") / "samples"
+    folder = _as_path(run_dir, "run_dir") / rf.SAMPLES_DIR
     return sorted(folder.glob("*.png")) if folder.is_dir() else []
 
 
@@ -227,27 +175,27 @@ def flatten(mapping: dict, prefix: str = "") -> dict:
 def _load_one(root: Path, exp_name: str, run_dir: Path, warnings: list[str]):
     """One run's (row, metrics, weights); row is None if the run must be skipped whole."""
     config, summary = {}, {}
-    cfg_path, sum_path = run_dir / "config.yaml", run_dir / "summary.json"
+    cfg_path, sum_path = run_dir / rf.CONFIG_FILE, run_dir / rf.SUMMARY_FILE
     if not cfg_path.exists():
         warnings.append(f"{cfg_path}: missing")
     else:
         try:
-            config = read_config(cfg_path)
+            config = rf.read_config(cfg_path)
         except (OSError, ValueError, yaml.YAMLError) as err:
             warnings.append(f"{cfg_path}: unreadable, config skipped ({_short(err)})")
     if not sum_path.exists():
         warnings.append(f"{sum_path}: missing, status unknown")
     else:
         try:
-            summary = read_summary(sum_path)
+            summary = rf.read_summary(sum_path)
         except UnsupportedFormatError as err:
             warnings.append(f"{err}; run skipped")
             return None, None, None
         except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
             warnings.append(f"{sum_path}: unreadable, status unknown ({_short(err)})")
     row = _run_row(root, exp_name, run_dir, config, summary, warnings)
-    metrics = _read_optional(run_dir / "metrics.csv", METRIC_COLUMNS, ("step",), ("epoch", "value"), warnings)
-    weights = _read_optional(run_dir / "weights.csv", WEIGHT_COLUMNS, ("step",), ("epoch", "weight"), warnings)
+    metrics = _read_optional(run_dir / rf.METRICS_FILE, METRIC_COLUMNS, ("step",), ("epoch", "value"), warnings)
+    weights = _read_optional(run_dir / rf.WEIGHTS_FILE, WEIGHT_COLUMNS, ("step",), ("epoch", "weight"), warnings)
     metrics["run_id"] = row["run_id"]
     weights["run_id"] = row["run_id"]
     return row, metrics, weights
@@ -260,9 +208,9 @@ def _run_row(root, exp_name, run_dir, config, summary, warnings) -> dict:
         value = config.get(key, summary.get(key))
         row[key] = None if value is None else str(value)
     status = summary.get("status", "unknown")
-    if summary and status not in STATUSES:
-        warnings.append(f"{run_dir / 'summary.json'}: unknown status {status!r}")
-    row.update({name: summary.get(name) for name in SUMMARY_FIELDS})
+    if summary and status not in rf.STATUSES:
+        warnings.append(f"{run_dir / rf.SUMMARY_FILE}: unknown status {status!r}")
+    row.update({name: summary.get(name) for name in SUMMARY_COLUMNS})
     row["status"] = status
     finals = summary.get("final") or {}
     if isinstance(finals, dict):
@@ -296,14 +244,8 @@ def _attach_ids(frames: list[pd.DataFrame], runs: pd.DataFrame, columns) -> pd.D
     return data[ids + list(columns)]
 
 
-def _complete_lines(path: Path) -> tuple[list[str], list[str]]:
-    """The file's lines, without a last line cut before its newline (reported)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        cut = lines.pop()
-        return lines, [f"{path}: last line cut off (crash mid-write?), skipped: {cut[:60]!r}"]
-    return lines, []
+def _cut_warning(path: Path, cut: str) -> str:
+    return f"{path}: last line cut off (crash mid-write?), skipped: {cut[:60]!r}"
 
 
 def _convert(text: str, column: str, ints, floats):
@@ -336,14 +278,6 @@ def _number_or_text(value):
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _subdirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
-
-
-def _is_run_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in RUN_FILES)
-
-
 def _experiment_filter(experiment) -> set[str] | None:
     if experiment is None:
         return None
@@ -369,4 +303,4 @@ def _empty(columns) -> pd.DataFrame:
 
 
 def _empty_runs() -> pd.DataFrame:
-    return _empty(("run_id", "experiment", "run", "task", "norm", "batch") + SUMMARY_FIELDS + ("path",))
+    return _empty(("run_id", "experiment", "run", "task", "norm", "batch") + SUMMARY_COLUMNS + ("path",))

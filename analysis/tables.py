@@ -14,7 +14,8 @@ import math
 
 import pandas as pd
 
-from analysis.aggregate import order_batches, parse_batch
+from analysis.aggregate import order_batches
+from runformat import parse_batch
 
 NORM_ORDER = ("bn", "gn", "in", "ln", "sn", "sn-inln", "sn-lngn", "sn-all", "none")
 SN_WITHOUT_BN = "sn-inln"

@@ -1,4 +1,4 @@
-"""Write realistic run directories (DESIGN.md "Run directory") for the analysis/app tests.
+"""Write realistic run directories (``docs/run-format.md``, through :mod:`runformat`) for the analysis/app tests.
 
 :func:`write_fixture_runs` lays out, under a root:
 
@@ -19,7 +19,7 @@ import io
 import json
 from pathlib import Path
 
-import yaml
+import runformat as rf
 
 VERSIONS = {"torch": "2.14.1", "torchvision": "0.29.1", "lightning": "2.6.0", "python": "3.11.2"}
 
@@ -34,16 +34,16 @@ LAYERS = list(SN_8X4_MEAN)
 def write_run(root: Path, experiment: str, run: str, config: dict, summary: dict | None,
               metrics: list[tuple] = (), weights: list[tuple] = (), cut: dict | None = None) -> Path:
     """One run directory. ``cut`` maps a file name to a partial line appended without newline."""
-    run_dir = Path(root) / experiment / run
+    run_dir = rf.run_path(root, experiment, run)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (run_dir / rf.CHECKPOINTS_DIR).mkdir(exist_ok=True)
+    rf.write_config(run_dir / rf.CONFIG_FILE, config)
     if summary is not None:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        rf.write_summary(run_dir / rf.SUMMARY_FILE, summary)
     cut = cut or {}
-    _write_csv(run_dir / "metrics.csv", "step,epoch,split,name,value", metrics, cut.get("metrics.csv"))
-    if weights or "weights.csv" in cut:
-        _write_csv(run_dir / "weights.csv", "step,epoch,layer,stat,op,weight", weights, cut.get("weights.csv"))
+    _write_csv(run_dir / rf.METRICS_FILE, rf.METRICS_COLUMNS, metrics, cut.get(rf.METRICS_FILE))
+    if weights or rf.WEIGHTS_FILE in cut:
+        _write_csv(run_dir / rf.WEIGHTS_FILE, rf.WEIGHTS_COLUMNS, weights, cut.get(rf.WEIGHTS_FILE))
     return run_dir
 
 
@@ -53,9 +53,9 @@ def classify_config(experiment, run, norm, batch, seed=0, **extra) -> dict:
             "dataset": "fashion-mnist", "model": "resnet-cifar", "epochs": 3, **extra}
 
 
-def summary(task, experiment, run, status, final=None, error=None, version=1) -> dict:
+def summary(task, experiment, run, status, final=None, error=None, version=rf.FORMAT_VERSION) -> dict:
     data = {"format_version": version, "status": status, "task": task, "experiment": experiment,
-            "run": run, "started": "2025-01-01T10:00:00", "ended": None if status == "running"
+            "run": run, "started": "2025-01-01T10:00:00", "ended": None if status == rf.RUNNING
             else "2025-01-01T10:05:00", "wall_time_s": 300.0, "final": final or {}}
     if error:
         data["error"] = error
@@ -103,20 +103,20 @@ def write_sweep(root: Path) -> None:
     }
     for run, norm, batch, seed, accs, test in finished:
         write_run(root, exp, run, classify_config(exp, run, norm, batch, seed),
-                  summary("classify", exp, run, "finished", {"test_acc": test, "best_val_acc": max(accs)}),
+                  summary("classify", exp, run, rf.FINISHED, {"test_acc": test, "best_val_acc": max(accs)}),
                   classify_metrics(accs, test_acc=test), weights.get(run, []))
     write_run(root, exp, "bn-8x1", classify_config(exp, "bn-8x1", "bn", "8x1"),
-              summary("classify", exp, "bn-8x1", "failed", error="RuntimeError: loss is nan at step 120"),
+              summary("classify", exp, "bn-8x1", rf.FAILED, error="RuntimeError: loss is nan at step 120"),
               classify_metrics([0.1]))
     two = ["bn1", "layer1.0.bn1"]
     running_weights = weight_rows(100, 0, uniform(two, (.3, .3, .4)), uniform(two, (.4, .3, .3)))
     running_weights += weight_rows(200, 1, uniform(two, (.1, .1, .8)), uniform(two, (.1, .1, .8)))[:6]
     write_run(root, exp, "sn-8x2-running", classify_config(exp, "sn-8x2-running", "sn", "8x2"),
-              summary("classify", exp, "sn-8x2-running", "running"),
+              summary("classify", exp, "sn-8x2-running", rf.RUNNING),
               classify_metrics([0.4, 0.6]), running_weights,
-              cut={"metrics.csv": "300,2,val,ac", "weights.csv": "200,1,layer1.0.bn1,mean,in,0.1"})
+              cut={rf.METRICS_FILE: "300,2,val,ac", rf.WEIGHTS_FILE: "200,1,layer1.0.bn1,mean,in,0.1"})
     write_run(root, exp, "future-format", classify_config(exp, "future-format", "sn", "8x4"),
-              summary("classify", exp, "future-format", "finished", {"test_acc": 0.99}, version=2),
+              summary("classify", exp, "future-format", rf.FINISHED, {"test_acc": 0.99}, version=rf.FORMAT_VERSION + 1),
               classify_metrics([0.99], test_acc=0.99))
 
 
@@ -137,10 +137,10 @@ def write_style(root: Path) -> None:
         if norm == "sn":
             weights = weight_rows(40, 0, {"enc.norm1": (.8, .1, .1), "enc.norm2": (.6, .2, .2)},
                                   {"enc.norm1": (.7, .2, .1), "enc.norm2": (.9, .05, .05)})
-        run_dir = write_run(root, exp, norm, config, summary("stylize", exp, norm, "finished", final),
+        run_dir = write_run(root, exp, norm, config, summary("stylize", exp, norm, rf.FINISHED, final),
                             metrics, weights)
         if norm == "sn":
-            _write_pngs(run_dir / "samples", ["step000040_astronaut.png", "step000040_coffee.png"])
+            _write_pngs(run_dir / rf.SAMPLES_DIR, ["step000040_astronaut.png", "step000040_coffee.png"])
 
 
 def write_enas(root: Path) -> None:
@@ -160,12 +160,12 @@ def write_enas(root: Path) -> None:
         if norm == "sn":
             weights = weight_rows(150, 2, {"controller.norm": (.7, .3)}, {"controller.norm": (.6, .4)},
                                   ops=("ln", "gn"))
-        run_dir = write_run(root, exp, run, config, summary("enas", exp, run, "finished", final),
+        run_dir = write_run(root, exp, run, config, summary("enas", exp, run, rf.FINISHED, final),
                             metrics, weights)
         if norm == "sn":
             lines = [json.dumps({"epoch": e, "step": (e + 1) * 50, "arch": [e, 1, 0, 2], "val_acc": a})
                      for e, a in enumerate(accs)]
-            (run_dir / "architectures.jsonl").write_text("\n".join(lines) + '\n{"epoch": 3, "st')
+            (run_dir / rf.ARCHITECTURES_FILE).write_text("\n".join(lines) + '\n{"epoch": 3, "st')
 
 
 def write_fixture_runs(root: str | Path) -> Path:
@@ -177,11 +177,12 @@ def write_fixture_runs(root: str | Path) -> Path:
     return root
 
 
-def _write_csv(path: Path, header: str, rows, cut_line: str | None) -> None:
+def _write_csv(path: Path, columns, rows, cut_line: str | None) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
     writer.writerows(rows)
-    path.write_text(header + "\n" + buffer.getvalue() + (cut_line or ""))
+    path.write_text(buffer.getvalue() + (cut_line or ""))
 
 
 def _write_pngs(folder: Path, names: list[str]) -> None:

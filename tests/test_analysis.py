@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 
 from analysis import results
-from analysis.aggregate import average_weights, final_weights, layer_prefix, order_batches, parse_batch
+from analysis.aggregate import average_weights, final_weights, layer_prefix, order_batches
 from analysis.figures import (fig_block_weights, fig_classify_curves, fig_enas_curves, fig_learning_curves,
                               fig_stylize_losses, fig_weight_trajectories, fig_weights_by_batch,
                               fig_weights_by_task)
-from analysis.load import (UnsupportedFormatError, files_signature, list_samples, load_runs,
-                           read_architectures, read_csv_table, read_summary)
+from analysis.load import files_signature, list_samples, load_runs, read_architectures, read_csv_table
 from analysis.tables import accuracy_table, table_markdown
 from fixture_runs import classify_config, summary, weight_rows, write_fixture_runs, write_run
+from runformat import UnsupportedFormatError, parse_batch, read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -207,6 +207,8 @@ def test_batch_helpers():
     with pytest.raises(ValueError, match="'8by2'"):
         parse_batch("8by2")
     assert order_batches(["1x16", "8x2", "8x32", None, "8x1", "odd"]) == ["8x32", "8x2", "8x1", "1x16", "odd"]
+    # the tasks' parser: 8X2 is a batch setting, 0x2 is not
+    assert order_batches(["0x2", "8X2", "8x32"]) == ["8x32", "8X2", "0x2"]
     assert layer_prefix("layer2.0.bn1") == "layer2" and layer_prefix("layer2.0.bn1", 2) == "layer2.0"
     assert layer_prefix("bn1") == "bn1"
     with pytest.raises(ValueError, match="depth"):
