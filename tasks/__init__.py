@@ -3,11 +3,14 @@
 - ``tasks.classify``: image classification under batch settings (Table 2, Fig. 2, Fig. 4).
 - ``tasks.stylize``: feed-forward style transfer with VGG16 perceptual losses (Fig. 6a, Fig. 9).
 - ``tasks.enas``: ENAS macro search with an LSTM controller normalized by LN, GN or SN (Fig. 6b).
-- ``tasks.common``: what every task shares (configs, run directories, loggers, data, runner).
+- ``tasks.common``: what every task shares (configs, the command line, run directories and
+  run identity, the Trainer, loggers, datasets).
 
-Each task module exports ``TASK`` (a :class:`tasks.common.runner.Task`) and runs
-:func:`tasks.common.runner.main` when executed. Layering: ``tasks`` imports ``sn``, never
-``analysis``.
+Every task is a package of the same shape: ``config.py`` (the config dataclass; help and
+bounds in field metadata), ``model.py``, ``data.py`` (a LightningDataModule), ``module.py``
+(the LightningModule), ``task.py`` (``train`` for one run and ``TASK``, a
+:class:`tasks.common.runner.Task`) and ``__main__.py`` (the command line). Layering: ``tasks``
+imports ``sn`` and ``runformat``, never ``analysis``.
 """
 import os as _os
 

@@ -15,10 +15,13 @@ import sn
 import torch
 import yaml
 
-from tasks.classify import TASK, ClassifyConfig, ClassifyModule, lr_factor
+from tasks.classify.config import ClassifyConfig
+from tasks.classify.model import build_model
+from tasks.classify.module import ClassifyModule, lr_factor
+from tasks.classify.task import TASK
+from tasks.common.cli import configs_from_args, main
 from tasks.common.data import DEBIAN_FASHION_MNIST
-from tasks.common.runner import main
-from tasks.models import build_model
+from tasks.common.loggers import KILL_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_FMNIST = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists()
@@ -32,11 +35,11 @@ TINY = TINY_DATA + ["--train-subset", "640", "--val-size", "256", "--test-subset
 STEPS_PER_EPOCH = 640 // 32
 
 
-def run_cli(*args, check=True, **kw):
+def run_cli(*args, check=True, env=None):
     """``python -m tasks.classify ARGS`` in a subprocess (as a user would run it)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "tasks.classify", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300, **kw)
+                          capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -92,33 +95,14 @@ def test_importance_logits_are_exempt_from_weight_decay():
 
 
 def test_no_argument_run_is_a_short_offline_fashion_mnist_run():
-    from tasks.common.runner import configs_from_args
-
     _, (cfg,), _ = configs_from_args(TASK, [])
     assert (cfg.experiment, cfg.run, cfg.dataset, cfg.model, cfg.norm) == (
-        "default", "sn_8x16_s0", "fashion-mnist", "resnet", "sn")
+        "classify-default", "sn_8x16_s0", "fashion-mnist", "resnet", "sn")
     assert not cfg.download and cfg.accelerator == "cpu" and cfg.devices == 1
     assert cfg.eval_stats == "batch_average" and cfg.momentum == 0.9 and cfg.weight_decay == 1e-4
 
 
-# --- errors -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, message", [
-    (["--norm", "batchnorm"], "unknown norm 'batchnorm'"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-    (["--batch", "8by2"], "bad batch setting '8by2'"),
-    (["--batch", "0x2"], "bad batch setting '0x2'"),
-    (["--epoch", "3"], "unknown config key 'epoch'"),
-    (["--epochs", "three"], "config key 'epochs'"),
-    (["--experiment", "no-such-experiment"], "unknown experiment 'no-such-experiment'"),
-    (["--model", "vgg"], "unknown model 'vgg'"),
-    (["--eval-stats", "precise"], "unknown eval_stats 'precise'"),
-])
-def test_bad_input_gives_a_clear_error(args, message, capsys):
-    assert main(TASK, args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
-
-
+# --- errors (the table of bad options of every task is in test_tasks_common.py) --------------------
 def test_bad_input_through_the_real_command_line():
     proc = run_cli("--norm", "nope", check=False)
     assert proc.returncode == 2 and "unknown norm 'nope'" in proc.stderr and "known norms" in proc.stderr
@@ -136,7 +120,7 @@ def _check_run_dir(path: Path, norm: str):
     for key in ("task", "experiment", "run", "norm", "seed", "versions", "batch", "eval_stats", "dataset",
                 "model", "epochs"):
         assert key in cfg, key
-    assert (cfg["task"], cfg["experiment"], cfg["norm"], cfg["batch"]) == ("classify", "default", norm, "4x8")
+    assert (cfg["task"], cfg["experiment"], cfg["norm"], cfg["batch"]) == ("classify", "classify-default", norm, "4x8")
     assert set(cfg["versions"]) == {"torch", "torchvision", "lightning", "python"}
     summary = json.loads((path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["run"] == path.name
@@ -186,7 +170,7 @@ def _check_weights(path: Path, resumed_at=()):
 @pytest.mark.parametrize("norm", ["sn", "bn"])
 def test_end_to_end_run(norm, tmp_path):
     proc = run_cli(*TINY, "--norm", norm, "--root", tmp_path)
-    path = tmp_path / "default" / f"{norm}_4x8_s0"
+    path = tmp_path / "classify-default" / f"{norm}_4x8_s0"
     assert f"run directory: {path}" in proc.stdout and "test accuracy" in proc.stdout
     final, _ = _check_run_dir(path, norm)
     assert final["steps"] == 3 * STEPS_PER_EPOCH
@@ -197,10 +181,35 @@ def test_end_to_end_run(norm, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_changed_config_never_reports_the_old_result(tmp_path):
+    """``python -m tasks.classify`` then ``... --epochs 2``: refused, naming epochs and the ways on."""
+    base = [a for i, a in enumerate(TINY) if "--epochs" not in TINY[max(i - 1, 0):i + 1]] + ["--root", tmp_path]
+    one_epoch = base + ["--epochs", "1"]
+    first = run_cli(*one_epoch)
+    path = tmp_path / "classify-default" / "sn_4x8_s0"
+    stamp = (path / "summary.json").read_text()
+    test_acc = json.loads(stamp)["final"]["test_acc"]
+    proc = run_cli(*base, "--epochs", "2", check=False)
+    assert proc.returncode == 2
+    assert "epochs: 1 there, 2 requested" in proc.stderr and "--overwrite" in proc.stderr and "--run NAME" in proc.stderr
+    assert "test accuracy" not in proc.stdout and f"{test_acc:.4f}" not in proc.stdout + proc.stderr
+    assert (path / "summary.json").read_text() == stamp  # the old run is untouched
+    # a key that cannot change the result: the finished run is reused and its result reported
+    proc = run_cli(*one_epoch, "--wandb-project", "elsewhere")
+    assert "skipping finished run" in proc.stdout and f"{test_acc:12.4f}" in proc.stdout
+    # --run NAME: the new config gets a directory of its own
+    proc = run_cli(*one_epoch, "--base-lr", "0.2", "--run", "lr02")
+    other = json.loads((tmp_path / "classify-default" / "lr02" / "summary.json").read_text())
+    assert other["status"] == "finished" and "test accuracy" in proc.stdout
+    assert yaml.safe_load((tmp_path / "classify-default" / "lr02" / "config.yaml").read_text())["base_lr"] == 0.2
+    assert (path / "summary.json").read_text() == stamp and "test accuracy" in first.stdout
+
+
+@pytest.mark.slow
 def test_resume_after_a_crash_continues_without_duplicate_rows(tmp_path):
     args = [*TINY, "--norm", "sn", "--root", tmp_path]
-    path = tmp_path / "default" / "sn_4x8_s0"
-    proc = run_cli(*args, "--kill-after-steps", 30, check=False)  # dies in epoch 2, checkpoint at step 20
+    path = tmp_path / "classify-default" / "sn_4x8_s0"
+    proc = run_cli(*args, check=False, env={KILL_ENV: "30"})  # dies in epoch 2, checkpoint at step 20
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert json.loads((path / "summary.json").read_text())["status"] == "running"
     before = rows(path / "metrics.csv")
@@ -208,6 +217,10 @@ def test_resume_after_a_crash_continues_without_duplicate_rows(tmp_path):
     killed = json.loads((path / "summary.json").read_text())
     started = killed["started"]
     assert killed["wall_time_s"] > 0  # the heartbeat at the end of epoch 1
+    # resuming under another config is refused before anything is touched
+    proc = run_cli(*args, "--resume", "--base-lr", "0.2", check=False)
+    assert proc.returncode == 2 and "base_lr: 0.1 there, 0.2 requested" in proc.stderr
+    assert rows(path / "metrics.csv") == before
     proc = run_cli(*args, "--resume")
     assert "resuming" in proc.stdout and "from step 20" in proc.stdout
     final, after = _check_run_dir(path, "sn")
@@ -248,7 +261,7 @@ def test_grid_marks_failed_runs_and_skips_finished_ones(tmp_path):
 def test_wandb_logging_is_offline_and_carries_metrics_and_weights(tmp_path):
     one_epoch = [a if TINY[i - 1] != "--epochs" else "1" for i, a in enumerate(TINY)]
     proc = run_cli(*one_epoch, "--root", tmp_path, "--wandb")  # run_cli sets WANDB_MODE=offline
-    runs = list((tmp_path / "default" / "sn_4x8_s0" / "wandb").glob("offline-run-*/run-*.wandb"))
+    runs = list((tmp_path / "classify-default" / "sn_4x8_s0" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1, proc.stdout[-2000:]
     data = runs[0].read_bytes()  # protobuf records keep the metric names as plain bytes
     for key in (b"train/loss", b"val/acc", b"test/acc", b"weights/stem.1/mean/in", b"weights/layers.0.bn1/var/bn"):

@@ -16,9 +16,11 @@ import pytest
 import torch
 import yaml
 
-from tasks.enas import EnasConfig, ddp_strategy, process_count, read_architectures
-from tasks.enas_controller import Controller, reinforce_loss, update_baseline, walk_baseline
-from tasks.enas_data import AlternatingBatches
+from runformat import read_records
+from tasks.enas.config import EnasConfig, process_count
+from tasks.enas.controller import Controller, reinforce_loss, update_baseline, walk_baseline
+from tasks.enas.data import AlternatingBatches
+from tasks.enas.task import ddp_strategy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +77,7 @@ def test_two_process_ddp_stylize_writes_one_valid_run_directory(tmp_path):
     proc = run_task("stylize", ["--norm", "sn", "--batch", "2x2", "--strategy", "ddp", "--devices", "2",
                                 "--root", str(tmp_path / "runs"), *tiny], tmp_path)
     assert proc.stdout.count("final losses") == 1  # printed by rank zero only
-    run, summary, rows, wrows = check_run_directory(tmp_path / "runs" / "default", "sn_s0")
+    run, summary, rows, wrows = check_run_directory(tmp_path / "runs" / "stylize-default", "sn_s0")
     assert summary["final"]["steps"] == 10 and summary["final"]["perceptual_net"] == "vgg16-random-init"
     assert [int(r["step"]) for r in rows if r["name"] == "total_loss"] == list(range(1, 11))
     assert {r["name"] for r in rows} == {"content_loss", "style_loss", "tv_loss", "total_loss"}
@@ -94,8 +96,8 @@ def test_two_process_ddp_enas_writes_one_valid_run_directory(tmp_path):
     proc = run_task("enas", ["--norm", "sn", "--strategy", "ddp", "--devices", "2", "--root", str(tmp_path / "runs"),
                              *tiny], tmp_path)
     assert proc.stdout.count("best architecture") == 1  # printed by rank zero only
-    run, summary, rows, wrows = check_run_directory(tmp_path / "runs" / "default", "sn_s0")
-    archs = read_architectures(run / "architectures.jsonl")
+    run, summary, rows, wrows = check_run_directory(tmp_path / "runs" / "enas-default", "sn_s0")
+    archs = read_records(run / "architectures.jsonl").records
     assert [r["epoch"] for r in archs] == [0, 0, 0, 1, 1, 1]  # eval_archs records per epoch, written once
     # accuracies of 64 images summed over the two processes' halves
     assert all(0.0 <= r["val_acc"] <= 1.0 and (r["val_acc"] * 64) == pytest.approx(round(r["val_acc"] * 64))

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 import sn
-from tasks.enas_child import ChildNet, accuracy
-from tasks.enas_controller import (OPS, Controller, NormLSTMCell, arch_to_str, check_arch, reinforce_loss,
+from tasks.enas.controller import (OPS, Controller, NormLSTMCell, arch_to_str, check_arch, reinforce_loss,
                                    update_baseline)
+from tasks.enas.model import ChildNet, accuracy
 
 H = 8  # hidden size of the small cells in these tests
 GROUPS = 2

@@ -1,47 +1,31 @@
-"""tasks/common: configs and grids, run-directory files, the grid runner, data helpers."""
+"""tasks/common: configs and grids, the command line, run directories, task lookup, data.
+
+Run identity and the grid runner: test_run_identity.py.
+"""
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import os
 import struct
 from pathlib import Path
-from typing import Optional, Tuple
 
 import pytest
 import torch
 
+from runformat import read_rows
 from tasks.common import config as C
 from tasks.common import data as D
-from tasks.common.rundir import METRICS_HEADER, CsvLog, RunDir, read_rows
-from tasks.common.runner import Task, configs_from_args, get_task, run_grid
+from tasks.common.cli import configs_from_args, main
+from tasks.common.rundir import RunDir
+from tasks.common.runner import get_task
+from toy_task import TOY, ToyConfig, row
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@dataclasses.dataclass
-class ToyConfig(C.RunConfig):
-    task: str = "toy"
-    run: str = "{norm}_{lr}"
-    lr: float = 0.1                 # a float key
-    steps: Optional[int] = None     # an optional int
-    milestones: Tuple[float, ...] = (0.5,)  # a tuple key
-    fail: bool = False              # make the toy run raise
-
 
 # --- batch settings ---------------------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [("8x32", (8, 32)), ("1x16", (1, 16)), ("8X1", (8, 1)), (" 2x3 ", (2, 3))])
-def test_parse_batch(text, expected):
-    assert C.parse_batch(text) == expected
-
-
-@pytest.mark.parametrize("text", ["8*2", "0x4", "8x0", "x2", "8x", "abc", "8x2x1", "-1x2", "", "8.0x2"])
-def test_parse_batch_rejects_bad_strings(text):
-    with pytest.raises(ValueError, match="bad batch setting"):
-        C.parse_batch(text)
-
-
 def test_batch_layout_splits_devices_over_processes():
     assert C.batch_layout("8x2") == (16, 8)
     assert C.batch_layout("8x2", world_size=2) == (8, 4)
@@ -72,13 +56,76 @@ def test_bad_value_types_name_the_key(key, value):
         C.coerce_fields(ToyConfig, {key: value}, "t")
 
 
-def test_split_known_handles_flags_equals_and_dashes():
-    values, pos = C.split_known(["--max-steps", "-1", "--wandb", "--data_root=/x", "--resume"])
-    assert values == {"max_steps": "-1", "wandb": "true", "data_root": "/x", "resume": "true"} and pos == []
-    values, pos = C.split_known(["stray", "--a", "1"])
-    assert values == {"a": "1"} and pos == ["stray"]
+def test_command_line_takes_flags_equals_underscores_and_none():
+    _, (cfg,), _ = configs_from_args(TOY, ["--max-steps", "-1", "--wandb", "--wandb_project=p_x", "--resume",
+                                           "--steps", "none", "--milestones", "0.2,0.4", "--fail=false"])
+    assert (cfg.max_steps, cfg.wandb, cfg.wandb_project, cfg.resume, cfg.steps, cfg.milestones, cfg.fail) == (
+        -1, True, "p_x", True, None, (0.2, 0.4), False)
+    assert cfg.experiment == "toy-default" and cfg.run == "sn_0.1"
     with pytest.raises(ValueError, match="given twice"):
-        C.split_known(["--a", "1", "--a", "2"])
+        configs_from_args(TOY, ["--lr", "1", "--lr", "2"])
+    with pytest.raises(ValueError, match="unexpected argument 'stray'"):
+        configs_from_args(TOY, ["stray", "--lr", "1"])
+    with pytest.raises(ValueError, match=r"unknown config key 'lrr' in the command line \(did you mean 'lr'\?\)"):
+        configs_from_args(TOY, ["--lrr", "1"])
+    with pytest.raises(ValueError, match="'task' cannot be set"):
+        configs_from_args(TOY, ["--task", "classify"])
+
+
+def test_help_comes_from_the_field_metadata_and_hides_test_aids(capsys):
+    assert main(get_task("classify"), ["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the help is wrapped to the terminal's width
+    assert "--epochs N training epochs (>= 1; default: 3)" in out
+    assert "one of: fashion-mnist, cifar10, imagefolder, synthetic" in out
+    assert "--train-subset N|none" in out and "default: 12000" in out
+    assert "kill" not in out  # the crash simulation of the tests is an environment variable
+    assert main(get_task("enas"), ["--help"]) == 0
+    assert "--norm TEXT, --controller-norm TEXT" in " ".join(capsys.readouterr().out.split())
+
+
+BAD_INPUT = [  # (task, options, what the error message says)
+    ("classify", ["--norm", "batchnorm"], "unknown norm 'batchnorm'"),
+    ("classify", ["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    ("classify", ["--batch", "8by2"], "bad batch setting '8by2'"),
+    ("classify", ["--batch", "0x2"], "bad batch setting '0x2'"),
+    ("classify", ["--epoch", "3"], "unknown config key 'epoch'"),
+    ("classify", ["--epochs", "three"], "config key 'epochs'"),
+    ("classify", ["--experiment", "no-such-experiment"], "unknown experiment 'no-such-experiment'"),
+    ("classify", ["--model", "vgg"], "unknown model 'vgg'"),
+    ("classify", ["--eval-stats", "precise"], "unknown eval_stats 'precise'"),
+    ("stylize", ["--norm", "xn"], "unknown norm 'xn'"),
+    ("stylize", ["--image-size", "30"], "image_size must be a multiple of 4"),
+    ("stylize", ["--image-size", "8"], "image_size must be a multiple of 4 and >= 16"),
+    ("stylize", ["--style", "/no/such/style.jpg"], "/no/such/style.jpg"),
+    ("stylize", ["--batch", "4"], "bad batch setting"),
+    ("enas", ["--controller-norm", "bn"], "unknown controller norm 'bn'"),
+    ("enas", ["--sn-stats", "ln,bn"], "bn"),
+    ("enas", ["--controller-groups", "7"], "num_groups=7"),
+    ("enas", ["--devices", "3"], "child_batch=64"),  # the global batch must split over the processes
+    ("enas", ["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    ("enas", ["--eval-size", "9000"], "eval_size=9000"),
+    ("enas", ["--child-lr", "0"], "child_lr"),
+    ("enas", ["--controler-lr", "0.1"], "controler_lr"),
+]
+
+
+@pytest.mark.parametrize("task, args, message", BAD_INPUT)
+def test_bad_input_gives_a_clear_error(task, args, message, capsys):
+    assert main(get_task(task), [*args, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_bounds_from_metadata_are_checked():
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        C.resolve_runs(ToyConfig, {"epochs": 0})
+    with pytest.raises(ValueError, match="threads must be >= 1 or none, got 0"):
+        C.resolve_runs(ToyConfig, {"threads": 0})
+    with pytest.raises(ValueError, match="lr must be > 0, got -1.0"):
+        C.resolve_runs(ToyConfig, {"lr": -1})
+    with pytest.raises(ValueError, match="unknown mode 'fast'; known: a, b"):
+        C.resolve_runs(ToyConfig, {"mode": "fast"})
+    assert C.resolve_runs(ToyConfig, {"threads": None, "mode": "b"})[0].mode == "b"
 
 
 # --- grids ------------------------------------------------------------------------------------
@@ -136,36 +183,6 @@ def test_load_experiments_errors(tmp_path):
 
 
 # --- CSV logs and run directories -------------------------------------------------------------
-def _row(step, name="loss", value=1.0, split="train"):
-    return {"step": step, "epoch": 0, "split": split, "name": name, "value": value}
-
-
-def test_csvlog_appends_flushed_lines_and_skips_duplicate_keys(tmp_path):
-    log = CsvLog(tmp_path / "m.csv", METRICS_HEADER, ("step", "split", "name"))
-    assert log.append(_row(1, value=0.5)) and log.append(_row(1, "acc", 0.25))
-    assert not log.append(_row(1, value=9.0))  # same (step, split, name)
-    # flushed: another reader sees the rows before close
-    assert (tmp_path / "m.csv").read_text() == "step,epoch,split,name,value\n1,0,train,loss,0.5\n1,0,train,acc,0.25\n"
-    with pytest.raises(ValueError, match="lacks columns"):
-        log.append({"step": 2})
-
-
-def test_cut_last_line_is_ignored_and_repaired(tmp_path):
-    path = tmp_path / "m.csv"
-    path.write_text("step,epoch,split,name,value\n1,0,train,loss,0.5\n2,0,train,lo")  # killed mid-write
-    assert read_rows(path) == [{"step": "1", "epoch": "0", "split": "train", "name": "loss", "value": "0.5"}]
-    log = CsvLog(path, METRICS_HEADER, ("step", "split", "name"))
-    log.append(_row(2, value=0.75))
-    log.close()
-    assert path.read_text() == "step,epoch,split,name,value\n1,0,train,loss,0.5\n2,0,train,loss,0.75\n"
-
-
-def test_csvlog_rejects_a_foreign_header(tmp_path):
-    (tmp_path / "m.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="header"):
-        CsvLog(tmp_path / "m.csv", METRICS_HEADER)
-
-
 def test_rundir_summary_lifecycle_and_truncation(tmp_path):
     rd = RunDir(tmp_path, "exp", "r1")
     rd.write_config({"task": "toy", "b": [1, 2]})
@@ -173,11 +190,11 @@ def test_rundir_summary_lifecycle_and_truncation(tmp_path):
     s = json.loads(rd.summary_path.read_text())
     assert s["status"] == "running" and s["format_version"] == 1 and s["final"] == {} and s["ended"] is None
     for step in (1, 2, 3, 4):
-        rd.metrics.append(_row(step))
+        rd.metrics.append(row(step))
         rd.weights.append({"step": step, "epoch": 0, "layer": "l", "stat": "mean", "op": "bn", "weight": 0.5})
     assert rd.truncate_after(2) == {"metrics": 2, "weights": 2}
     assert [r["step"] for r in read_rows(rd.path / "metrics.csv")] == ["1", "2"]
-    assert rd.metrics.append(_row(3, value=7.0))  # after truncation step 3 may be logged again
+    assert rd.metrics.append(row(3, value=7.0))  # after truncation step 3 may be logged again
     rd.finish({"acc": 0.5})
     s = rd.read_summary()
     assert s["status"] == "finished" and s["final"] == {"acc": 0.5} and s["wall_time_s"] >= 0
@@ -197,40 +214,6 @@ def test_rundir_rejects_bad_names(tmp_path, name):
 
 
 # --- the grid runner --------------------------------------------------------------------------
-def _toy_train(cfg, rundir, ckpt_path):
-    rundir.metrics.append(_row(1, "acc", cfg.lr, split="val"))
-    if cfg.fail:
-        raise RuntimeError(f"toy failure for lr={cfg.lr}")
-    return {"acc": cfg.lr}
-
-
-TOY = Task("toy", ToyConfig, _toy_train, report_keys=("acc",))
-
-
-def test_run_grid_skips_finished_marks_failed_and_goes_on(tmp_path, capsys):
-    grid = {"lr": [0.1, 0.2, 0.3]}
-    configs = C.resolve_runs(ToyConfig, {"root": str(tmp_path), "experiment": "g"}, grid)
-    configs[1].fail = True
-    results = run_grid(TOY, configs)
-    assert [r.status for r in results] == ["finished", "failed", "finished"]
-    assert RunDir(tmp_path, "g", "sn_0.2").read_summary()["error"] == "RuntimeError: toy failure for lr=0.2"
-    assert RunDir(tmp_path, "g", "sn_0.3").read_summary()["final"] == {"acc": 0.3}
-    out = capsys.readouterr().out
-    assert "3 runs: 2 ok, 1 failed" in out
-    finished = RunDir(tmp_path, "g", "sn_0.1").summary_path.read_text()
-    configs[1].fail = False
-    results = run_grid(TOY, configs)  # rerun: finished runs skipped, the failed one retried
-    assert [r.status for r in results] == ["skipped", "finished", "skipped"]
-    assert RunDir(tmp_path, "g", "sn_0.1").summary_path.read_text() == finished
-    assert read_rows(RunDir(tmp_path, "g", "sn_0.2").path / "metrics.csv")[0]["value"] == "0.2"
-    assert "skipping finished run" in capsys.readouterr().out
-    configs[2].milestones = (0.25,)  # a finished run with another config: skipped, with a warning
-    assert run_grid(TOY, configs[2:])[0].status == "skipped"
-    assert "finished with other values of: milestones" in capsys.readouterr().err
-    configs[0].overwrite = True
-    assert run_grid(TOY, configs[:1])[0].status == "finished"
-
-
 def test_unknown_task_and_experiment(tmp_path):
     with pytest.raises(ValueError, match="unknown task 'nosuchtask'"):
         get_task("nosuchtask")

@@ -1,46 +1,54 @@
-"""What every task shares: configs, run directories, Lightning loggers, data, the runner.
+"""What every task shares: configs, the command line, run directories, loggers, data, the runner.
 
-Writing a task (see ``tasks/classify.py``)::
+Writing a task ``mytask`` (see ``tasks/classify/``): a package ``tasks/mytask/`` with
 
-    @dataclasses.dataclass
-    class MyConfig(RunConfig):            # every field a config key, with a commented default
-        task: str = "mytask"
-        run: str = "{norm}_s{seed}"
-        lr: float = 0.1                   # learning rate
+- ``config.py``: ``MyConfig(RunConfig)``, a dataclass whose fields are declared with
+  :func:`key` (default, help text and bounds in one place)::
 
-    def train(cfg, rundir, ckpt_path):    # one run; resume from ckpt_path when not None
-        trainer = build_trainer(cfg, rundir, monitor="val/acc")
-        trainer.fit(MyModule(cfg), ..., ckpt_path=ckpt_path)   # self.log("train/loss", ...)
-        return {"best_val_acc": ...}      # summary.json's "final"
+      @dataclasses.dataclass
+      class MyConfig(RunConfig):
+          task: str = key("mytask", "the task")
+          run: str = key("{norm}_s{seed}", "run name template")
+          lr: float = key(0.1, "learning rate", gt=0)
 
-    TASK = Task("mytask", MyConfig, train, report_keys=("best_val_acc",))
-    if __name__ == "__main__":
-        sys.exit(main(TASK))
+- ``model.py`` (the network), ``data.py`` (a LightningDataModule built from the config),
+  ``module.py`` (the LightningModule: the network as ``self.net``, so that weights.csv names
+  layers relative to it; metrics logged as ``"split/name"``, the rows of metrics.csv);
+- ``task.py``: one run, and the task object::
 
-The LightningModule keeps its network as ``self.net`` (layer names in weights.csv are
-relative to it) and logs metrics as ``"split/name"`` (rows of metrics.csv).
+      def train(cfg, rundir, ckpt_path):    # resume from ckpt_path when not None
+          trainer = build_trainer(cfg, rundir, monitor="val/acc")
+          trainer.fit(MyModule(cfg), datamodule=MyData(cfg), ckpt_path=ckpt_path)
+          return {"best_val_acc": ...}      # summary.json's "final"
 
-Modules and their API (details in each module's docstring):
+      TASK = Task("mytask", MyConfig, train, report_keys=("best_val_acc",))
 
-- ``config``: RunConfig (shared keys), parse_batch("GxS") -> (G, S), batch_layout,
-  coerce_fields, load_experiments, expand_grid, resolve_runs, config_dict, software_versions.
-- ``rundir``: RunDir (config.yaml, summary.json, metrics.csv, weights.csv, checkpoints/),
-  CsvLog (flushed appends, key-based de-duplication), read_rows (tolerates a cut last line),
-  atomic_write_text.
+- ``__main__.py``: ``sys.exit(main(TASK))``, so that ``python -m tasks.mytask`` works.
+
+Modules (details in each module's docstring):
+
+- ``config``: RunConfig (shared keys), key, batch_layout, coerce_fields, load_experiments,
+  expand_grid, resolve_runs, config_dict, software_versions.
+- ``cli``: main (the command line), configs_from_args, build_parser.
+- ``runner``: Task, get_task, run_grid, run_one, find_conflicts.
+- ``identity``: which recorded runs count as the requested config (IGNORED_KEYS, RunConflict).
+- ``trainer``: build_trainer (Trainer with device options, checkpoints, loggers), checkpoint_step.
+- ``rundir``: RunDir (config.yaml, summary.json, metrics.csv, weights.csv, checkpoints/).
 - ``loggers``: RunLogger (Lightning Logger -> metrics.csv), SwitchWeightsLogger (callback ->
-  weights.csv), Heartbeat (summary wall time each epoch), KillAfterSteps (crash simulation for tests), make_wandb_logger.
-- ``runner``: Task, get_task, main (the command line), configs_from_args, run_grid,
-  run_one, build_trainer (Trainer with device options, checkpoints, loggers), checkpoint_step.
+  weights.csv), Heartbeat (summary wall time each epoch), KillAfterSteps, make_wandb_logger.
 - ``data``: fashion_mnist (Debian files, extracted to our cache), cifar10, image_folder,
-  synthetic_images, TensorImageDataset, split_indices, DataMissing.
+  synthetic_images, tensor_images (any of them as tensors, with their statistics),
+  train_val_datasets, TensorImageDataset, split_indices, DataMissing.
 """
-from .config import RunConfig, batch_layout, expand_grid, load_experiments, parse_batch, resolve_runs
+from .cli import main
+from .config import RunConfig, batch_layout, expand_grid, key, load_experiments, parse_batch, resolve_runs
 from .loggers import Heartbeat, KillAfterSteps, RunLogger, SwitchWeightsLogger, make_wandb_logger
-from .rundir import CsvLog, RunDir, read_rows
-from .runner import Task, build_trainer, get_task, main, run_grid, run_one
+from .rundir import RunDir
+from .runner import Task, get_task, run_grid, run_one
+from .trainer import build_trainer
 
 __all__ = [
-    "CsvLog", "Heartbeat", "KillAfterSteps", "RunConfig", "RunDir", "RunLogger", "SwitchWeightsLogger", "Task",
-    "batch_layout", "build_trainer", "expand_grid", "get_task", "load_experiments", "main",
-    "make_wandb_logger", "parse_batch", "read_rows", "resolve_runs", "run_grid", "run_one",
+    "Heartbeat", "KillAfterSteps", "RunConfig", "RunDir", "RunLogger", "SwitchWeightsLogger", "Task",
+    "batch_layout", "build_trainer", "expand_grid", "get_task", "key", "load_experiments", "main",
+    "make_wandb_logger", "parse_batch", "resolve_runs", "run_grid", "run_one",
 ]

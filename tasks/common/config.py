@@ -1,9 +1,10 @@
 """Configs: one dataclass per task, named experiments in ``experiments.yaml``, overrides.
 
-A task's config is a dataclass deriving from :class:`RunConfig`; every field has a default
-and a comment, and every field can be set from ``experiments.yaml`` or the command line
-(``--epochs 3`` or ``--epochs=3``; ``--data-root`` and ``--data_root`` alike; booleans as
-``--wandb`` or ``--wandb false``; ``none`` for optional values). Unknown keys are errors.
+A task's config is a dataclass deriving from :class:`RunConfig`. Every field is declared with
+:func:`key`, which holds its default, its help text and its bounds (``min``, ``gt``, ``lt``,
+``choices``) as field metadata: the command line (:mod:`tasks.common.cli`) builds ``--help``
+from it and :meth:`RunConfig.validate` checks the bounds. Every field can be set from
+``experiments.yaml`` or the command line; unknown keys are errors.
 
 ``experiments.yaml``::
 
@@ -17,10 +18,14 @@ and a comment, and every field can be set from ``experiments.yaml`` or the comma
           batch: [8x32, 8x2]
 
 A command-line override of a key that a grid varies replaces that axis by the one value.
-Run names come from the config's ``run`` template (e.g. ``"{norm}_{batch}_s{seed}"``).
+Run names come from the config's ``run`` template (e.g. ``"{norm}_{batch}_s{seed}"``). Runs
+without ``--experiment`` go to the experiment ``<task>-default``; names ending in
+``-default`` are therefore reserved.
 
 API:
-    parse_batch(text) -> (G, S)                 "GxS" batch setting
+    key(default, help, min=, gt=, lt=, choices=, group=, aliases=)   a config field
+    count(default, help, ...)                   a config field for a positive integer (min=1)
+    parse_batch(text) -> (G, S)                 "GxS" batch setting (:func:`runformat.parse_batch`)
     field_names(cls) -> list of str             the config keys of a config class
     coerce_fields(cls, values, where) -> dict   check keys and convert values to the field types
     load_experiments(path) -> dict              name -> experiment mapping (validated lightly)
@@ -41,71 +46,101 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
+from runformat import parse_batch
 
 EXPERIMENT_META_KEYS = ("task", "description", "grid")
+DEFAULT_SUFFIX = "-default"  # runs without --experiment go to "<task>-default"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _NONE = {"none", "null", "~"}
+
+
+def key(default, help: str, *, min=None, gt=None, lt=None, choices: Optional[Sequence[str]] = None,
+        group: Optional[str] = None, aliases: Sequence[str] = ()):
+    """A config field with its default, its help text and its bounds, kept as field metadata.
+
+    Args:
+        default: the default value (immutable: a tuple, not a list).
+        help: one line for ``--help``.
+        min, gt, lt: the value must be ``>= min``, ``> gt``, ``< lt`` (``None`` always passes
+            for an optional field).
+        choices: the allowed values.
+        group: the ``--help`` section (default: the task's own keys).
+        aliases: other option names on the command line (``controller-norm`` for ``--norm``).
+    """
+    meta = {"help": help, "min": min, "gt": gt, "lt": lt, "choices": tuple(choices) if choices else None,
+            "group": group, "aliases": tuple(aliases)}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def count(default, help: str, **kw):
+    """A key for a positive integer (a number of steps, images, layers...): :func:`key` with ``min=1``."""
+    return key(default, help, min=1, **kw)
+
+
+def bounds_text(meta) -> str:
+    """The bounds of a field's metadata in words, e.g. ``">= 1"`` or ``"one of: a, b"``."""
+    parts = [f"{op} {meta[name]}" for name, op in (("min", ">="), ("gt", ">"), ("lt", "<"))
+             if meta.get(name) is not None]
+    if meta.get("choices"):
+        parts.append("one of: " + ", ".join(map(str, meta["choices"])))
+    return " and ".join(parts)
+
+
+def check_bounds(cfg) -> None:
+    """Check every field of ``cfg`` against the bounds in its metadata; ValueError naming the key."""
+    for f in dataclasses.fields(cfg):
+        value, meta = getattr(cfg, f.name), f.metadata
+        if value is None:
+            continue
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ValueError(f"unknown {f.name} {value!r}; known: {', '.join(map(str, meta['choices']))}")
+        low, above, below = meta.get("min"), meta.get("gt"), meta.get("lt")
+        if ((low is not None and value < low) or (above is not None and not value > above)
+                or (below is not None and not value < below)):
+            optional = " or none" if type(None) in typing.get_args(typing.get_type_hints(type(cfg))[f.name]) else ""
+            raise ValueError(f"{f.name} must be {bounds_text(meta)}{optional}, got {value!r}")
 
 
 @dataclasses.dataclass
 class RunConfig:
     """Keys shared by every task (a task's config class derives from this one)."""
 
-    task: str = ""                  # set by the task's config class
-    experiment: str = "default"     # experiment name: runs/<experiment>/
-    run: str = "{norm}_s{seed}"     # run name, a template over config keys: runs/<experiment>/<run>/
-    norm: str = "sn"                # the normalizer under study (a name of sn.make_norm)
-    seed: int = 0                   # random seed (weights, data order, subsets)
-    root: str = "runs"              # where run directories go
-    epochs: int = 1                 # training epochs
-    max_steps: int = -1             # stop after this many optimizer steps (-1: no limit)
-    # --- Lightning devices -----------------------------------------------------------------
-    accelerator: str = "cpu"        # Lightning accelerator: cpu, gpu, cuda, mps, auto
-    devices: Union[int, str] = 1    # Lightning devices: a count, "auto", or a list like "0,1"
-    strategy: str = "auto"          # Lightning strategy: auto, ddp, ddp_spawn, ...
-    num_nodes: int = 1              # Lightning num_nodes
-    precision: str = "32-true"      # Lightning precision: 32-true, 16-mixed, bf16-mixed
-    threads: Optional[int] = None   # torch.set_num_threads (None: torch's default)
-    num_workers: int = 0            # DataLoader worker processes
-    # --- logging -----------------------------------------------------------------------------
-    log_every_n_steps: int = 10     # training metrics rows every N optimizer steps
-    weights_every_n_steps: int = 50  # importance-weight rows every N optimizer steps (and at the end)
-    progress_bar: bool = True       # Lightning's progress bar
-    wandb: bool = False             # also log to Weights & Biases (offline unless WANDB_MODE=online)
-    wandb_project: str = "switchnorm"  # W&B project name
-    # --- run control -------------------------------------------------------------------------
-    resume: bool = False            # continue an unfinished run from checkpoints/last.ckpt
-    overwrite: bool = False         # start over even when the run is finished
-    kill_after_steps: Optional[int] = None  # testing aid: SIGKILL ourselves after N optimizer steps
+    task: str = key("", "the task (set by the task's config class)", group="run")
+    experiment: str = key("", "experiment name: runs/<experiment>/ (empty: <task>-default)", group="run")
+    run: str = key("{norm}_s{seed}", "run name, a template over config keys: runs/<experiment>/<run>/", group="run")
+    norm: str = key("sn", "the normalizer under study (a name of sn.make_norm)")
+    seed: int = key(0, "random seed (weights, data order, subsets)", group="run")
+    root: str = key("runs", "where run directories go", group="run")
+    epochs: int = count(1, "training epochs")
+    max_steps: int = key(-1, "stop after this many optimizer steps (-1: no limit)", group="run")
+    accelerator: str = key("cpu", "Lightning accelerator: cpu, gpu, cuda, mps, auto", group="devices")
+    devices: Union[int, str] = key(1, "Lightning devices: a count, 'auto', or a list like '0,1'", group="devices")
+    strategy: str = key("auto", "Lightning strategy: auto, ddp, ddp_spawn, ...", group="devices")
+    num_nodes: int = count(1, "Lightning num_nodes", group="devices")
+    precision: str = key("32-true", "Lightning precision: 32-true, 16-mixed, bf16-mixed", group="devices")
+    threads: Optional[int] = count(None, "torch.set_num_threads (none: torch's default)", group="devices")
+    num_workers: int = key(0, "DataLoader worker processes", min=0, group="devices")
+    log_every_n_steps: int = count(10, "training metrics rows every N optimizer steps", group="logging")
+    weights_every_n_steps: int = count(50, "importance-weight rows every N optimizer steps (and at the end)",
+                                       group="logging")
+    progress_bar: bool = key(True, "Lightning's progress bar", group="logging")
+    wandb: bool = key(False, "also log to Weights & Biases (offline unless WANDB_MODE=online)", group="logging")
+    wandb_project: str = key("switchnorm", "W&B project name", group="logging")
+    resume: bool = key(False, "continue an unfinished run of the same config from checkpoints/last.ckpt",
+                       group="run control")
+    overwrite: bool = key(False, "start over even when the run directory holds a finished run or another config",
+                          group="run control")
+
+    def __post_init__(self) -> None:
+        if not self.experiment:
+            self.experiment = f"{self.task}{DEFAULT_SUFFIX}"
 
     def validate(self) -> None:
         """Check values beyond their types; raise ValueError naming the bad one."""
-        for key in ("epochs", "num_nodes", "log_every_n_steps", "weights_every_n_steps"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+        check_bounds(self)
         if self.max_steps < -1 or self.max_steps == 0:
             raise ValueError(f"max_steps must be -1 (no limit) or positive, got {self.max_steps!r}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 or none, got {self.threads!r}")
-
-
-def parse_batch(text: str) -> Tuple[int, int]:
-    """Parse a batch setting ``"GxS"`` (G devices x S samples per device) into ``(G, S)``.
-
-    >>> parse_batch("8x2")
-    (8, 2)
-
-    Raises:
-        ValueError: not of the form ``<positive int>x<positive int>``.
-    """
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise ValueError(f"bad batch setting {text!r}: expected 'GxS' with G devices and S samples "
-                         "per device, both positive integers, e.g. '8x2'")
-    return int(m.group(1)), int(m.group(2))
 
 
 def batch_layout(batch: str, world_size: int = 1) -> Tuple[int, int]:
@@ -126,14 +161,15 @@ def field_names(cls) -> List[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def _unknown_key(key: str, cls, where: str) -> ValueError:
+def unknown_key(name: str, cls, where: str) -> ValueError:
+    """The error for a key that is not a field of ``cls``, with the closest field as a hint."""
     known = field_names(cls)
-    close = difflib.get_close_matches(key, known, n=1)
+    close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown config key {key!r} in {where}{hint}; known keys: {', '.join(known)}")
+    return ValueError(f"unknown config key {name!r} in {where}{hint}; known keys: {', '.join(known)}")
 
 
-def _coerce(key: str, typ, value):
+def _coerce(name: str, typ, value):
     """Convert ``value`` (from YAML or a command-line string) to the field type ``typ``."""
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
@@ -142,32 +178,32 @@ def _coerce(key: str, typ, value):
             if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
                 return None
             rest = [a for a in args if a is not type(None)]
-            return _coerce(key, rest[0] if len(rest) == 1 else Union[tuple(rest)], value)
+            return _coerce(name, rest[0] if len(rest) == 1 else Union[tuple(rest)], value)
         for a in args:  # e.g. Union[int, str]: the first type that accepts the value
             try:
-                return _coerce(key, a, value)
+                return _coerce(name, a, value)
             except (TypeError, ValueError):
                 continue
-        raise TypeError(f"config key {key!r}: cannot read {value!r} as {typ}")
+        raise TypeError(f"config key {name!r}: cannot read {value!r} as {typ}")
     if origin in (tuple, list):
         items = value
         if isinstance(value, str):
             items = [v for v in value.split(",") if v.strip()]
         if not isinstance(items, (list, tuple)):
-            raise TypeError(f"config key {key!r}: expected a list, got {value!r}")
-        return tuple(_coerce(key, args[0], v) for v in items)
+            raise TypeError(f"config key {name!r}: expected a list, got {value!r}")
+        return tuple(_coerce(name, args[0], v) for v in items)
     if typ is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise TypeError(f"config key {key!r}: expected true/false, got {value!r}")
+        raise TypeError(f"config key {name!r}: expected true/false, got {value!r}")
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
             return int(value)
-        raise TypeError(f"config key {key!r}: expected an integer, got {value!r}")
+        raise TypeError(f"config key {name!r}: expected an integer, got {value!r}")
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -176,12 +212,12 @@ def _coerce(key: str, typ, value):
                 return float(value)
             except ValueError:
                 pass
-        raise TypeError(f"config key {key!r}: expected a number, got {value!r}")
+        raise TypeError(f"config key {name!r}: expected a number, got {value!r}")
     if typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise TypeError(f"config key {key!r}: expected a string, got {value!r}")
-    raise TypeError(f"config key {key!r}: unsupported field type {typ}")
+        raise TypeError(f"config key {name!r}: expected a string, got {value!r}")
+    raise TypeError(f"config key {name!r}: unsupported field type {typ}")
 
 
 def coerce_fields(cls, values: Dict[str, Any], where: str) -> Dict[str, Any]:
@@ -193,10 +229,10 @@ def coerce_fields(cls, values: Dict[str, Any], where: str) -> Dict[str, Any]:
     """
     hints = typing.get_type_hints(cls)
     out = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise _unknown_key(key, cls, where)
-        out[key] = _coerce(key, hints[key], value)
+    for name, value in values.items():
+        if name not in hints:
+            raise unknown_key(name, cls, where)
+        out[name] = _coerce(name, hints[name], value)
     return out
 
 
@@ -205,7 +241,8 @@ def load_experiments(path) -> Dict[str, Dict[str, Any]]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a mapping under ``experiments:``, or an experiment without ``task``.
+        ValueError: not a mapping under ``experiments:``, an experiment without ``task``, or a
+            reserved name (ending in ``-default``).
     """
     path = Path(path)
     if not path.exists():
@@ -217,6 +254,9 @@ def load_experiments(path) -> Dict[str, Dict[str, Any]]:
     for name, exp in exps.items():
         if not isinstance(exp, dict) or not isinstance(exp.get("task"), str):
             raise ValueError(f"{path}: experiment {name!r} must be a mapping with a 'task' key")
+        if str(name).endswith(DEFAULT_SUFFIX):
+            raise ValueError(f"{path}: experiment name {name!r} is reserved: names ending in {DEFAULT_SUFFIX!r} "
+                             "hold the runs made without --experiment")
     return exps
 
 
@@ -268,13 +308,13 @@ def resolve_runs(cls, base: Dict[str, Any], grid=None, overrides: Optional[Dict[
         cfg = cls(**values)
         cfg.run = format_run_name(cfg.run, dataclasses.asdict(cfg))
         cfg.validate()
-        key = dataclasses.astuple(cfg)
+        values_of_run = dataclasses.astuple(cfg)
         if cfg.run in seen:
-            if seen[cfg.run] == key:
+            if seen[cfg.run] == values_of_run:
                 continue
             raise ValueError(f"two runs of the grid share the run name {cfg.run!r}; add the varied keys "
                              f"to the 'run' template (now {values.get('run', cls.run)!r})")
-        seen[cfg.run] = key
+        seen[cfg.run] = values_of_run
         runs.append(cfg)
     return runs
 
@@ -300,31 +340,3 @@ def software_versions() -> Dict[str, str]:
         tv = None
     return {"torch": str(torch.__version__), "torchvision": str(tv), "lightning": str(pytorch_lightning.__version__),
             "python": platform.python_version()}
-
-
-def split_known(argv: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
-    """Split ``--key value`` / ``--key=value`` / ``--flag`` pairs from ``argv`` into a dict.
-
-    Dashes in keys become underscores. A ``--key`` followed by another ``--option`` or by
-    nothing is a flag with value ``"true"``. Positional arguments are returned separately.
-    """
-    values, positional = {}, []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--") and len(arg) > 2:
-            key, eq, value = arg[2:].partition("=")
-            key = key.replace("-", "_")
-            if not eq:
-                if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                    value = argv[i + 1]
-                    i += 1
-                else:
-                    value = "true"
-            if key in values:
-                raise ValueError(f"option --{key.replace('_', '-')} given twice")
-            values[key] = value
-        else:
-            positional.append(arg)
-        i += 1
-    return values, positional

@@ -6,10 +6,16 @@ API:
     cifar10(root, download=False) -> (train, test)         torchvision datasets (uint8 HWC .data)
     image_folder(root) -> (train, val)            torchvision ImageFolder for root/train and root/val
     synthetic_images(n, shape, classes, seed) -> (images uint8 (N,C,H,W), labels)
+    tensor_images(name, root, download, synthetic_seed) -> TensorImages
+                                                  fashion-mnist, cifar10 or synthetic as uint8
+                                                  tensors with their per-channel statistics
+    train_val_datasets(images, labels, stats, val_size, seed, ...) -> (train, val)
+                                                  a seeded validation split of training tensors
     TensorImageDataset(images, labels, mean, std, pad=0, flip=False)  normalised tensors, with
                                                   random-crop / flip augmentation when asked
     split_indices(n, sizes, seed) -> list of index tensors      disjoint random subsets
     DataMissing                                   the error for absent data (says how to get it)
+    FASHION_MNIST_STATS, CIFAR10_STATS, SYNTHETIC_STATS, IMAGENET_STATS   (mean, std) per channel
 
 Fashion-MNIST: the Debian package ships the idx ``.gz`` files; torchvision's reader only
 finds uncompressed files in ``<root>/FashionMNIST/raw/``, so :func:`fashion_mnist`
@@ -17,6 +23,7 @@ decompresses them there once (``root`` is our cache, e.g. ``~/.cache/switchnorm/
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import shutil
@@ -29,6 +36,15 @@ from torch.utils.data import Dataset
 DEBIAN_FASHION_MNIST = Path(os.environ.get("SWITCHNORM_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+# per-channel (mean, std) in the [0, 1] scale
+FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+SYNTHETIC_STATS = ((0.5,), (0.25,))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TENSOR_DATASETS = ("fashion-mnist", "cifar10", "synthetic")
+SYNTHETIC_SIZES = (6000, 1000)  # train, test
 
 
 class DataMissing(FileNotFoundError):
@@ -137,6 +153,69 @@ def synthetic_images(n: int, shape: Sequence[int] = (1, 28, 28), classes: int = 
     images = images.unsqueeze(1).expand(n, c, h, w)  # (n, C, H, W)
     images = images + noise * torch.randn((n, c, h, w), generator=g)
     return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
+@dataclasses.dataclass
+class TensorImages:
+    """A dataset held as uint8 tensors: training and test images and labels, and statistics."""
+
+    train_images: torch.Tensor  # (N, C, H, W) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    stats: Tuple[Tuple[float, ...], Tuple[float, ...]]  # per-channel (mean, std) in [0, 1]
+    pad: int  # the random-crop padding used for augmentation (2 for 28x28, 4 for 32x32)
+    num_classes: int = 10
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_images.shape[1]
+
+
+def tensor_images(name: str, root, download: bool = False, synthetic_seed: int = 1) -> TensorImages:
+    """``fashion-mnist``, ``cifar10`` or ``synthetic`` as :class:`TensorImages`.
+
+    ``synthetic`` is :func:`synthetic_images`: 6000 training images from ``synthetic_seed`` and
+    1000 test images from ``synthetic_seed + 1``, Fashion-MNIST-shaped.
+
+    Raises:
+        ValueError: an unknown name. DataMissing: the data is not on this machine.
+    """
+    if name == "fashion-mnist":
+        train, test = fashion_mnist(root, download)
+        return TensorImages(train.data.unsqueeze(1), train.targets, test.data.unsqueeze(1), test.targets,
+                            FASHION_MNIST_STATS, pad=2)
+    if name == "cifar10":
+        train, test = cifar10(root, download)
+        # (N, H, W, C) uint8 numpy -> (N, C, H, W)
+        return TensorImages(torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(train.targets),
+                            torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(test.targets),
+                            CIFAR10_STATS, pad=4)
+    if name == "synthetic":
+        train_x, train_y = synthetic_images(SYNTHETIC_SIZES[0], seed=synthetic_seed)
+        test_x, test_y = synthetic_images(SYNTHETIC_SIZES[1], seed=synthetic_seed + 1)
+        return TensorImages(train_x, train_y, test_x, test_y, SYNTHETIC_STATS, pad=2)
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(TENSOR_DATASETS)}")
+
+
+def train_val_datasets(images: torch.Tensor, labels: torch.Tensor, stats, val_size: int, seed: int,
+                       train_subset: Optional[int] = None, pad: int = 0, flip: bool = False):
+    """``(train, val)`` datasets (:class:`TensorImageDataset`), ``val_size`` images held out (seeded).
+
+    The training part keeps ``train_subset`` of the rest (all when None) and is augmented with
+    random crops from a ``pad``-pixel border (0: none) and horizontal flips (``flip``); the
+    validation part is not augmented.
+
+    Raises:
+        ValueError: ``val_size`` leaves no training images.
+    """
+    if val_size >= len(labels):
+        raise ValueError(f"val_size={val_size} leaves no training images out of {len(labels)}")
+    val_idx, train_idx = split_indices(len(labels), [val_size, None], seed)
+    if train_subset is not None:
+        train_idx = train_idx[:train_subset]
+    train = TensorImageDataset(images[train_idx], labels[train_idx], *stats, pad=pad, flip=flip)
+    return train, TensorImageDataset(images[val_idx], labels[val_idx], *stats)
 
 
 class TensorImageDataset(Dataset):

@@ -9,6 +9,7 @@ API:
     Heartbeat(rundir)                  a Callback updating summary.json's wall time every epoch
     KillAfterSteps(n)                  a Callback that SIGKILLs the process after n optimizer steps
                                        (a testing aid for resume: a crash that leaves files as they are)
+    kill_callback()                    KillAfterSteps(n) when the tests set SN_TEST_KILL_AFTER_STEPS=n
     make_wandb_logger(cfg, rundir)     Lightning's WandbLogger, offline unless WANDB_MODE=online
 
 Steps: every row's ``step`` is the number of optimizer steps done when it was logged
@@ -149,12 +150,25 @@ class KillAfterSteps(pl.Callback):
 
     def __init__(self, steps: int) -> None:
         if steps < 1:
-            raise ValueError(f"kill_after_steps must be >= 1, got {steps!r}")
+            raise ValueError(f"KillAfterSteps needs steps >= 1, got {steps!r}")
         self.steps = steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.steps:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+KILL_ENV = "SN_TEST_KILL_AFTER_STEPS"  # a testing aid, not a config key: it never shows in --help
+
+
+def kill_callback() -> Optional[KillAfterSteps]:
+    """:class:`KillAfterSteps` when the environment variable ``SN_TEST_KILL_AFTER_STEPS`` is set."""
+    value = os.environ.get(KILL_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{KILL_ENV} must be a number of optimizer steps, got {value!r}")
+    return KillAfterSteps(int(value))
 
 
 def make_wandb_logger(cfg, rundir: RunDir, config: Dict):

@@ -8,24 +8,19 @@ Every epoch the loader yields ``child_steps`` batches of ``child_batch`` trainin
 then ``controller_steps`` batches of ``reward_batch`` validation images; each batch is
 ``(images, labels, from_val)`` so the task knows which step it is. Under DDP both batch sizes
 stay global: every process draws the same global batches and takes its own contiguous share
-(``child_batch / world_size`` and ``reward_batch / world_size`` images).
+(``child_batch / world_size`` and ``reward_batch / world_size`` images). :class:`EnasData`
+is the LightningDataModule; it also holds the ``eval_size`` fixed validation images that the
+sampled architectures are scored on at the end of every epoch.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from .common.data import TensorImageDataset, cifar10, fashion_mnist, split_indices, synthetic_images
-
-DATASETS = ("fashion-mnist", "cifar10", "synthetic")
-FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
-CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-SYNTHETIC_STATS = ((0.5,), (0.25,))
-SYNTHETIC_SIZE = 6000
-
+from ..common.data import tensor_images, train_val_datasets
 
 class Tagged(Dataset):
     """``(image, label, tag)`` items of ``dataset``: the tag says which part they come from."""
@@ -103,44 +98,41 @@ def check_world_size(child_batch: int, reward_batch: int, world_size: int) -> No
                              f"{world_size} processes: choose a multiple of {world_size}")
 
 
-@dataclasses.dataclass
-class EnasData:
-    loader: DataLoader  # the alternating training loader
-    eval_images: torch.Tensor  # (eval_size, C, H, W) normalised, for the per-epoch scores
-    eval_labels: torch.Tensor  # (eval_size,)
-    in_channels: int
-    num_classes: int
+class EnasData(pl.LightningDataModule):
+    """The alternating loader and the fixed evaluation images of an ENAS config.
 
-
-def build_data(cfg, rank: int = 0, world_size: int = 1) -> EnasData:
-    """The loader and the fixed evaluation images for an :class:`tasks.enas.EnasConfig`.
-
-    The loader yields process ``rank``'s share of every global batch; the evaluation images
-    are all ``eval_size`` of them (the task splits them over the processes itself).
+    :meth:`setup` splits the training images (seeded) into the child's training part and
+    ``val_size`` validation images, and keeps the first ``eval_size`` of those (normalised)
+    as ``eval_images`` / ``eval_labels``; ``in_channels`` and ``num_classes`` size the child.
+    :meth:`train_dataloader` yields this process's share of every global batch.
     """
-    check_world_size(cfg.child_batch, cfg.reward_batch, world_size)
-    pad, flip = 2, False
-    if cfg.dataset == "fashion-mnist":
-        train, _ = fashion_mnist(cfg.data_root, cfg.download)
-        images, labels, stats = train.data, train.targets, FASHION_MNIST_STATS
-    elif cfg.dataset == "cifar10":
-        train, _ = cifar10(cfg.data_root, cfg.download)
-        images = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
-        labels, stats, pad, flip = torch.tensor(train.targets), CIFAR10_STATS, 4, True
-    else:
-        images, labels = synthetic_images(SYNTHETIC_SIZE, seed=cfg.seed + 1)
-        stats = SYNTHETIC_STATS
-    if cfg.val_size >= len(labels):
-        raise ValueError(f"val_size={cfg.val_size} leaves no training images out of {len(labels)}")
-    val_idx, train_idx = split_indices(len(labels), [cfg.val_size, None], cfg.seed)
-    train_ds = TensorImageDataset(images[train_idx], labels[train_idx], *stats,
-                                  pad=pad if cfg.augment else 0, flip=flip and cfg.augment)
-    val_ds = TensorImageDataset(images[val_idx], labels[val_idx], *stats)
-    sampler = AlternatingBatches(len(train_ds), len(val_ds), cfg.child_steps, cfg.child_batch,
-                                 cfg.controller_steps, cfg.reward_batch, cfg.seed, rank, world_size)
-    loader = DataLoader(ConcatDataset([Tagged(train_ds, False), Tagged(val_ds, True)]), batch_sampler=sampler,
-                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-    eval_items = [val_ds[i] for i in range(cfg.eval_size)]  # the first eval_size validation images
-    eval_images = torch.stack([x for x, _ in eval_items])  # (eval_size, C, H, W)
-    eval_labels = torch.stack([y for _, y in eval_items])
-    return EnasData(loader, eval_images, eval_labels, eval_images.shape[1], 10)
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.train_set = self.val_set = None
+        self.eval_images = self.eval_labels = None  # (eval_size, C, H, W) normalised, (eval_size,)
+        self.in_channels = self.num_classes = None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        cfg = self.cfg
+        data = tensor_images(cfg.dataset, cfg.data_root, cfg.download, synthetic_seed=cfg.seed + 1)
+        flip = cfg.dataset == "cifar10"  # horizontal flips for CIFAR-10 only, as ENAS
+        self.train_set, self.val_set = train_val_datasets(
+            data.train_images, data.train_labels, data.stats, cfg.val_size, cfg.seed,
+            pad=data.pad if cfg.augment else 0, flip=flip and cfg.augment)
+        eval_items = [self.val_set[i] for i in range(cfg.eval_size)]  # the first eval_size validation images
+        self.eval_images = torch.stack([x for x, _ in eval_items])  # (eval_size, C, H, W)
+        self.eval_labels = torch.stack([y for _, y in eval_items])
+        self.in_channels, self.num_classes = data.in_channels, data.num_classes
+
+    def train_dataloader(self) -> DataLoader:
+        cfg, trainer = self.cfg, self.trainer
+        sampler = AlternatingBatches(len(self.train_set), len(self.val_set), cfg.child_steps, cfg.child_batch,
+                                     cfg.controller_steps, cfg.reward_batch, cfg.seed, trainer.global_rank,
+                                     trainer.world_size)
+        return DataLoader(ConcatDataset([Tagged(self.train_set, False), Tagged(self.val_set, True)]),
+                          batch_sampler=sampler, num_workers=cfg.num_workers,
+                          persistent_workers=cfg.num_workers > 0)

@@ -2,7 +2,7 @@
 
 Pham et al. (2018), macro search space, scaled to Fashion-MNIST on a CPU. A stem convolution
 (stride 2 by default) is followed by ``num_layers`` layers; layer ``k`` applies the operation
-the architecture picks (out of :data:`tasks.enas_controller.OPS`) to the output of layer
+the architecture picks (out of :data:`tasks.enas.controller.OPS`) to the output of layer
 ``k - 1``, adds the outputs
 of the earlier layers it has skip connections from, and batch-normalizes the sum. After the
 layers listed in ``reduce_after`` every stored output is average-pooled by 2, so skips keep
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .enas_controller import OPS, check_arch
+from .controller import OPS, check_arch
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
