@@ -77,14 +77,14 @@ def mix_statistics(mean_in: Tensor, var_in: Tensor, mean_logits: Tensor, var_log
             m, v = _per_sample(m, n), _per_sample(v, n)
         means.append(m)
         variances.append(v)
-    w_mean = torch.softmax(mean_logits.to(mean_in.dtype), dim=0)
-    w_var = torch.softmax(var_logits.to(mean_in.dtype), dim=0)
-    mean = means[0] * w_mean[0]
-    var = variances[0] * w_var[0]
-    for k in range(1, len(means)):
-        mean = mean + means[k] * w_mean[k]
-        var = var + variances[k] * w_var[k]
-    return mean.expand(n, c), var.expand(n, c), batch_bn
+    dtype = mean_in.dtype
+    weights = torch.softmax(torch.stack([mean_logits.to(dtype), var_logits.to(dtype)]), dim=1)  # (2, K)
+    if len(means) == 1:
+        return means[0].expand(n, c) * weights[0, 0], variances[0].expand(n, c) * weights[1, 0], batch_bn
+    # sum_k w_k stat_k over the statistics, each broadcast to (N, C): (K,) x (K, N, C) -> (N, C)
+    mean = torch.tensordot(weights[0], torch.stack([m.expand(n, c) for m in means]), 1)
+    var = torch.tensordot(weights[1], torch.stack([v.expand(n, c) for v in variances]), 1)
+    return mean, var, batch_bn
 
 
 def normalize(x3: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],

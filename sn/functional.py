@@ -259,7 +259,7 @@ def _torch_ops(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_va
         out, *moments = fused.FusedSwitchNorm.apply(x3, mean_weight, var_weight, weight, bias, config, bn_mean,
                                                     bn_var)
         return out, (tuple(moments) if moments else None)
-    out, moments, _, _, _ = fused.mixed_forward(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var)
+    out, moments, _, _ = fused.mixed_forward(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var)
     return out, moments
 
 

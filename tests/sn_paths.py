@@ -13,10 +13,9 @@ def _config(stats, eps, num_groups, devices):
 
 
 def rows(x3, mean_logits, var_logits, weight, bias, stats, *, eps=1e-5, num_groups=1, devices=1, bn_mean=None,
-         bn_var=None, host_weights=None):
+         bn_var=None):
     """SN of ``x3`` on the eager implementation preferred now (the ``implementation`` fixture's):
-    ``(output, per-device batch BN moments or None)``. ``host_weights`` forces the form of the
-    importance weights inside the PyTorch-operation path (floats, or 0-d tensors as on GPUs)."""
+    ``(output, per-device batch BN moments or None)``."""
     config = _config(stats, eps, num_groups, devices)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x3, mean_logits, var_logits, weight, bias))
@@ -26,10 +25,9 @@ def rows(x3, mean_logits, var_logits, weight, bias, stats, *, eps=1e-5, num_grou
     x3 = x3.contiguous()
     if needs_grad:
         out, *moments = fused.FusedSwitchNorm.apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean,
-                                                    bn_var, host_weights)
+                                                    bn_var)
         return out, (tuple(moments) if moments else None)
-    out, moments, _, _, _ = fused.mixed_forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var,
-                                                host_weights)
+    out, moments, _, _ = fused.mixed_forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var)
     return out, moments
 
 

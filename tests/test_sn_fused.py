@@ -1,5 +1,5 @@
-"""The fused path (custom autograd function, hand-written mixing backward, one-pass moments)
-against the plain-autograd reference path and float64 maths."""
+"""The fused path (custom autograd function around autograd's backward of the (N, C) mixing,
+one-pass moments) and the C kernels against the composite form and float64 maths."""
 import pytest
 import torch
 
@@ -31,21 +31,14 @@ def _inputs(stats, dtype, seed=0, shape=(6, 8, 5)):
     return x, [p.requires_grad_() for p in params]
 
 
-@pytest.fixture(params=["host weights", "device weights"])
-def host_weights(request):
-    """Both forms of the importance weights inside the fused function: Python floats (CPU) and
-    0-d tensors (what GPUs use, to avoid a host sync), the latter forced here on CPU."""
-    return request.param == "host weights"
-
-
 @pytest.mark.parametrize("stats,devices,groups,running",
                          [c + (False,) for c in CASES] + [c + (True,) for c in CASES if "bn" in c[0]])
-def test_fused_matches_autograd_reference_outputs_and_gradients(stats, devices, groups, running, host_weights):
+def test_fused_matches_autograd_reference_outputs_and_gradients(stats, devices, groups, running):
     x, params = _inputs(stats, torch.float64)
     kw = dict(eps=1e-5, num_groups=groups or 1, devices=devices)
     if running:
         kw.update(bn_mean=torch.randn(8, dtype=torch.float64), bn_var=torch.rand(8, dtype=torch.float64) + 0.5)
-    out_f, bn_f = rows(x, *params, stats, host_weights=host_weights, **kw)
+    out_f, bn_f = rows(x, *params, stats, **kw)
     out_r, bn_r = composite_rows(x, *params, stats, **kw)
     torch.testing.assert_close(out_f.reshape(out_r.shape), out_r, atol=1e-12, rtol=0)
     if bn_r is not None:
