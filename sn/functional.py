@@ -98,17 +98,12 @@ def traced_context() -> Optional[str]:
     return None
 
 
-_UNSET = object()
-
-
-def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional[str] = None,
-                          context=_UNSET) -> str:
+def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional[str] = None) -> str:
     """``"native"``, ``"native-op"``, ``"torch"`` or ``"composite"`` for SN on ``x3`` (the
     ``(N, C, L)`` view, already float32/float64) in the current context (see the module
-    docstring; ``context``: :func:`traced_context`'s answer when the caller has it). Raises
-    ``ValueError`` when ``"native"`` is requested where it cannot run."""
+    docstring). Raises ``ValueError`` when ``"native"`` is requested where it cannot run."""
     wanted = preference(requested)
-    if sync or (traced_context() if context is _UNSET else context) is not None:
+    if sync or traced_context() is not None:
         return "composite"
     if torch.compiler.is_compiling():
         return "native-op" if wanted in ("auto", "native") and SNN.loaded_for(x3) else "composite"
@@ -225,8 +220,7 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
     config = Config(stats, num_groups if "gn" in stats else 1, devices if use_batch else 1, eps)
     count = (n // config.devices) * x3.shape[2]  # elements per channel in one BN chunk
     world = SND.group_size(process_group) if sync and use_batch else 1
-    context = traced_context()
-    path = select_implementation(x3, sync=world > 1, requested=requested, context=context)
+    path = select_implementation(x3, sync=world > 1, requested=requested)
     args = (x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var)
     if path == "native":
         needs_grad = torch.is_grad_enabled() and any(
@@ -247,7 +241,7 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
     out = out.view(input.shape) if out.is_contiguous() else out.reshape(input.shape)
     if out.dtype != input.dtype:
         out = out.to(input.dtype)
-    return out if context == "torch.func" else _like(out, input)  # (vmap cannot query memory formats)
+    return _like(out, input)
 
 
 def _torch_ops(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var):
@@ -265,7 +259,8 @@ def _torch_ops(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_va
 
 def _like(out: Tensor, input: Tensor) -> Tensor:
     """``out`` in ``input``'s memory format (channels-last inputs give channels-last outputs)."""
-    if input.dim() in (4, 5) and not input.is_contiguous():
+    if input.dim() in (4, 5) and not input.is_contiguous() and traced_context() != "torch.func":
+        # (under vmap memory formats cannot be queried)
         fmt = torch.channels_last if input.dim() == 4 else torch.channels_last_3d
         if input.is_contiguous(memory_format=fmt):
             return out.contiguous(memory_format=fmt)
