@@ -267,7 +267,7 @@ def _like(out: Tensor, input: Tensor) -> Tensor:
     return out
 
 
-_FUNCTORCH_HINT = ("torch.func transforms allow in-place updates only of buffers transformed alongside the input: "
+FUNCTORCH_IN_PLACE_HINT = ("torch.func transforms allow in-place updates only of buffers transformed alongside the input: "
                    "vmap over stacked models (torch.func.stack_module_state + functional_call) works; otherwise "
                    "use eval mode or track_running_stats=False, as for BatchNorm")
 
@@ -297,7 +297,7 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor
     except RuntimeError as err:
         if traced_context() == "torch.func":
             raise RuntimeError(f"SwitchNorm in training mode updates running_mean/running_var in place; "
-                               f"{_FUNCTORCH_HINT} ({err})") from err
+                               f"{FUNCTORCH_IN_PLACE_HINT} ({err})") from err
         raise
 
 

@@ -220,7 +220,7 @@ class SwitchNorm(nn.Module):
         except RuntimeError as err:
             if SNF.traced_context() == "torch.func":
                 raise RuntimeError(f"{type(self).__name__} in training mode counts batches and updates its running "
-                                   f"statistics in place; {SNF._FUNCTORCH_HINT} ({err})") from err
+                                   f"statistics in place; {SNF.FUNCTORCH_IN_PLACE_HINT} ({err})") from err
             raise
         if self.momentum is not None:
             return self.momentum
