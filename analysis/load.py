@@ -114,8 +114,7 @@ def read_architectures(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[s
     if content.malformed:
         warnings.append(f"{path}: skipped {len(content.malformed)} malformed line(s), "
                         f"first at line {content.malformed[0]}")
-    records = [(r.get("epoch"), r.get("step"), r["arch"] if isinstance(r.get("arch"), str) else json.dumps(r.get("arch")),
-                r.get("val_acc")) for r in content.records]
+    records = [(r.get("epoch"), r.get("step"), _arch_text(r.get("arch")), r.get("val_acc")) for r in content.records]
     frame = pd.DataFrame.from_records(records, columns=list(ARCH_COLUMNS)) if records else _empty(ARCH_COLUMNS)
     frame["val_acc"] = pd.to_numeric(frame["val_acc"], errors="coerce")
     return frame, warnings
@@ -242,6 +241,10 @@ def _attach_ids(frames: list[pd.DataFrame], runs: pd.DataFrame, columns) -> pd.D
     data = pd.concat(frames, ignore_index=True)
     data = data.merge(runs[ids], on="run_id", how="left")
     return data[ids + list(columns)]
+
+
+def _arch_text(arch) -> str:
+    return arch if isinstance(arch, str) else json.dumps(arch)
 
 
 def _cut_warning(path: Path, cut: str) -> str:

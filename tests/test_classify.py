@@ -191,7 +191,8 @@ def test_a_changed_config_never_reports_the_old_result(tmp_path):
     test_acc = json.loads(stamp)["final"]["test_acc"]
     proc = run_cli(*base, "--epochs", "2", check=False)
     assert proc.returncode == 2
-    assert "epochs: 1 there, 2 requested" in proc.stderr and "--overwrite" in proc.stderr and "--run NAME" in proc.stderr
+    assert "epochs: 1 there, 2 requested" in proc.stderr
+    assert "--overwrite" in proc.stderr and "--run NAME" in proc.stderr
     assert "test accuracy" not in proc.stdout and f"{test_acc:.4f}" not in proc.stdout + proc.stderr
     assert (path / "summary.json").read_text() == stamp  # the old run is untouched
     # a key that cannot change the result: the finished run is reused and its result reported

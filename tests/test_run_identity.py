@@ -59,7 +59,8 @@ def test_keys_that_cannot_change_a_result_are_ignored(tmp_path, capsys):
     same = ["--progress-bar", "false", "--wandb-project", "other", "--overwrite", "false", "--resume"]
     (result,) = run_grid(TOY, toy_configs(tmp_path, *same))
     assert result.status == "skipped" and result.final == {"acc": 0.1}
-    assert set(IGNORED_KEYS) == {"root", "progress_bar", "wandb", "wandb_project", "resume", "overwrite"}
+    assert set(IGNORED_KEYS) == {"root", "progress_bar", "wandb", "wandb_project", "resume", "overwrite",
+                                 "kill_after_steps"}
     recorded = RunDir(tmp_path, "toy-default", "sn_0.1").read_config()
     assert differences(recorded, {**recorded, "root": "/elsewhere", "versions": {"torch": "0"}}) == []
     assert differences(recorded, {**recorded, "seed": 3}) == [("seed", 0, 3)]

@@ -112,10 +112,12 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
                      epilog=_epilog(task))
     _common_options(parser)
     hints = typing.get_type_hints(task.config_cls)
-    groups = {}
-    for name, title in GROUPS.items():
-        groups[name] = parser.add_argument_group(title)
-    for field in dataclasses.fields(task.config_cls):
+    fields = dataclasses.fields(task.config_cls)
+    titles = dict(GROUPS)  # the common sections, then the task's own in the order they appear
+    titles.update((f.metadata["group"], f.metadata["group"]) for f in fields
+                  if f.metadata.get("group") and f.metadata["group"] not in titles)
+    groups = {name: parser.add_argument_group(title) for name, title in titles.items()}
+    for field in fields:
         if field.name in NOT_OPTIONS:
             continue
         names = [f"--{n.replace('_', '-')}" for n in (field.name, *field.metadata.get("aliases", ()))]
@@ -186,6 +188,7 @@ def configs_from_args(task: Task, argv: Sequence[str]) -> Tuple[Task, List, Dict
 
 
 def print_experiments(path: Path) -> None:
+    """One line per experiment of the file: name, task, description."""
     for name, exp in load_experiments(path).items():
         print(f"{name:24s} {exp['task']:9s} {exp.get('description', '')}")
 

@@ -17,8 +17,9 @@ from typing import Any, List, Optional, Tuple
 import yaml
 
 # keys that cannot change a result: where runs go, how progress is shown, the extra W&B copy of
-# the logs, and the run-control flags themselves
-IGNORED_KEYS = ("root", "progress_bar", "wandb", "wandb_project", "resume", "overwrite")
+# the logs, the run-control flags themselves, and kill_after_steps, the crash simulation of the
+# tests, which run directories of earlier versions record (a finished run was never killed)
+IGNORED_KEYS = ("root", "progress_bar", "wandb", "wandb_project", "resume", "overwrite", "kill_after_steps")
 # recorded in config.yaml next to the config, not part of it
 RECORD_KEYS = ("versions", "started_config")
 MISSING = "(missing)"

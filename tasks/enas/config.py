@@ -11,6 +11,9 @@ from .controller import CONTROLLER_NORMS, Controller, check_sn_stats
 from .data import check_world_size
 
 
+CHILD, CONTROLLER, EVALUATION = "child network", "controller", "evaluation"  # sections of --help
+
+
 @dataclasses.dataclass
 class EnasConfig(RunConfig):
     """The ENAS task's config (keys of RunConfig plus these)."""
@@ -26,33 +29,31 @@ class EnasConfig(RunConfig):
     download: bool = key(False, "let torchvision download fashion-mnist / cifar10 when missing")
     augment: bool = key(False, "random crops (and flips for cifar10) of the child's images")
     val_size: int = count(5000, "training images held out for rewards and evaluation")
-    # the child network
-    num_layers: int = count(6, "searched layers")
-    channels: int = count(16, "channels of every child layer")
-    child_dropout: float = key(0.1, "dropout before the child's classifier", min=0, lt=1)
-    stem_stride: int = count(2, "stride of the child's stem (2: searched layers at 14x14)")
-    child_steps: int = count(100, "child SGD steps per epoch (one sampled architecture each)")
-    child_batch: int = count(64, "training images per child step (global: split over DDP processes)")
-    child_lr: float = key(0.05, "SGD learning rate, cosine to child_lr_min over the run", gt=0)
-    child_lr_min: float = key(0.001, "final learning rate", min=0)
-    child_momentum: float = key(0.9, "SGD (Nesterov) momentum", min=0)
-    child_weight_decay: float = key(1e-4, "child weight decay", min=0)
-    child_grad_clip: float = key(5.0, "gradient-norm bound (ENAS: 5)", gt=0)
-    # the controller
-    controller_hidden: int = count(64, "LSTM hidden size")
-    controller_steps: int = count(20, "controller steps per epoch")
-    controller_samples: int = count(4, "architectures per controller step (ENAS's num_aggregate)")
-    reward_batch: int = count(128, "validation images per controller step (global: split over processes)")
-    controller_lr: float = key(0.0035, "Adam learning rate (beta1 = 0, eps = 1e-3, as ENAS)", gt=0)
-    tanh_constant: Optional[float] = key(1.5, "logits -> c * tanh(logits / temperature) (none: off)")
-    temperature: Optional[float] = key(None, "logit temperature (none: off, as ENAS macro search)")
-    skip_target: float = key(0.4, "target skip probability of the skip-density penalty")
-    skip_weight: float = key(0.8, "weight of that KL penalty", min=0)
-    entropy_weight: float = key(1e-4, "entropy bonus added to the reward", min=0)
-    baseline_decay: float = key(0.95, "EMA decay of the reward baseline", min=0, lt=1)
-    # evaluation
-    eval_archs: int = count(10, "architectures sampled and scored at the end of every epoch")
-    eval_size: int = count(1000, "fixed validation images they are scored on")
+    num_layers: int = count(6, "searched layers", group=CHILD)
+    channels: int = count(16, "channels of every child layer", group=CHILD)
+    child_dropout: float = key(0.1, "dropout before the child's classifier", min=0, lt=1, group=CHILD)
+    stem_stride: int = count(2, "stride of the child's stem (2: searched layers at 14x14)", group=CHILD)
+    child_steps: int = count(100, "child SGD steps per epoch (one sampled architecture each)", group=CHILD)
+    child_batch: int = count(64, "training images per child step (global: split over DDP processes)", group=CHILD)
+    child_lr: float = key(0.05, "SGD learning rate, cosine to child_lr_min over the run", gt=0, group=CHILD)
+    child_lr_min: float = key(0.001, "final learning rate", min=0, group=CHILD)
+    child_momentum: float = key(0.9, "SGD (Nesterov) momentum", min=0, group=CHILD)
+    child_weight_decay: float = key(1e-4, "child weight decay", min=0, group=CHILD)
+    child_grad_clip: float = key(5.0, "gradient-norm bound (ENAS: 5)", gt=0, group=CHILD)
+    controller_hidden: int = count(64, "LSTM hidden size", group=CONTROLLER)
+    controller_steps: int = count(20, "controller steps per epoch", group=CONTROLLER)
+    controller_samples: int = count(4, "architectures per controller step (ENAS's num_aggregate)", group=CONTROLLER)
+    reward_batch: int = count(128, "validation images per controller step (global: split over processes)",
+                              group=CONTROLLER)
+    controller_lr: float = key(0.0035, "Adam learning rate (beta1 = 0, eps = 1e-3, as ENAS)", gt=0, group=CONTROLLER)
+    tanh_constant: Optional[float] = key(1.5, "logits -> c * tanh(logits / temperature) (none: off)", group=CONTROLLER)
+    temperature: Optional[float] = key(None, "logit temperature (none: off, as ENAS macro search)", group=CONTROLLER)
+    skip_target: float = key(0.4, "target skip probability of the skip-density penalty", group=CONTROLLER)
+    skip_weight: float = key(0.8, "weight of that KL penalty", min=0, group=CONTROLLER)
+    entropy_weight: float = key(1e-4, "entropy bonus added to the reward", min=0, group=CONTROLLER)
+    baseline_decay: float = key(0.95, "EMA decay of the reward baseline", min=0, lt=1, group=CONTROLLER)
+    eval_archs: int = count(10, "architectures sampled and scored at the end of every epoch", group=EVALUATION)
+    eval_size: int = count(1000, "fixed validation images they are scored on", group=EVALUATION)
 
     def validate(self) -> None:
         super().validate()
