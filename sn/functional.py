@@ -154,7 +154,7 @@ def _check_call(input: Tensor, mean_weight: Tensor, var_weight: Tensor, stats, n
     if mean_weight.shape != (k,) or var_weight.shape != (k,):
         raise ValueError(f"mean_weight and var_weight must hold one logit per statistic of {stats}, got shapes "
                          f"{tuple(mean_weight.shape)} and {tuple(var_weight.shape)}")
-    for name, t in tensors:
+    for name, t in zip(("running_mean", "running_var", "weight", "bias"), tensors):
         if t is not None and t.shape != (c,):
             raise ValueError(f"{name} must have shape ({c},) for an input of {c} channels, got {tuple(t.shape)}")
     if num_groups != 1 and "gn" in stats and (num_groups < 1 or c % num_groups):
@@ -193,15 +193,15 @@ def switch_norm(input: Tensor, mean_weight: Tensor, var_weight: Tensor, running_
     stats = check_stats(stats)
     batch_bn = "bn" in stats and (training or running_mean is None)
     checked = (input, mean_weight, var_weight, stats, num_groups, devices, batch_bn,
-               (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)))
+               (running_mean, running_var, weight, bias))
     if torch.jit.is_tracing():  # the checks look at the example input once; the trace keeps none of them
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             _check_call(*checked)
     else:
         _check_call(*checked)
-    device_type = input.device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    device_type = "cpu" if input.is_cpu else input.device.type
+    if (device_type == "cpu" or torch.amp.is_autocast_available(device_type)) and torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type=device_type, enabled=False):
             return _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weight, bias, training,
                                 momentum, eps, stats, num_groups, devices, sync, process_group, implementation)
@@ -238,7 +238,8 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
         out, moments = composite.switch_norm(*args)
     if moments is not None and training and running_mean is not None:
         update_running_stats(running_mean, running_var, *moments, momentum, count, config.devices)
-    out = out.view(input.shape) if out.is_contiguous() else out.reshape(input.shape)
+    out = out.view_as(input)  # (N, C, L) -> the input's shape; contiguous and channels-last both view
+    # (view_as: view(torch.Size) costs three times as much)
     if out.dtype != input.dtype:
         out = out.to(input.dtype)
     return _like(out, input)
