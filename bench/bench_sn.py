@@ -11,6 +11,7 @@ import argparse
 import functools
 import statistics
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ from tasks.classify.model import CifarResNet, norm_factory
 from .baselines import PublishedFormSN, ThreeMomentsSN
 
 SHAPES = [(8, 64, 56), (32, 64, 32), (8, 256, 14), (2, 64, 56), (32, 16, 28)]
+# on GPUs also ImageNet-sized ones: ResNet-50's stages at batch 32
+GPU_SHAPES = SHAPES + [(32, 256, 56), (32, 512, 28), (32, 1024, 14), (64, 512, 14)]
 
 
 LAYERS = {
@@ -177,12 +180,46 @@ def bench_end_to_end(device, repeats, batch=64, compile_too=False):
     return result["sn"] / result["bn"]
 
 
+def bench_resnet50(device, repeats, batch=32):
+    """torchvision's ResNet-50 training step at 224x224 (GPUs): BN, SN on PyTorch operations, SN on
+    the Triton kernels; images/s and ratios to BN."""
+    import torchvision
+
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    variants = {"bn": None, "sn": "torch", "sn triton": "triton"}
+    steps = {}
+    for name, impl in variants.items():
+        torch.manual_seed(0)
+        model = torchvision.models.resnet50(weights=None)
+        if impl is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = sn.convert(model, implementation=impl)
+        model = model.to(device)
+        opt = torch.optim.SGD(sn.param_groups(model, 1e-4), lr=0.1, momentum=0.9)
+
+        def step(model=model, opt=opt):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        steps[name] = step
+    result = {name: batch / t for name, t in median_times(steps, device, repeats).items()}
+    print(f"\n### End to end: ResNet-50 training step, batch {batch}, 224x224\n")
+    print("| norm | images/s | ratio to BN |\n|---|---|---|")
+    for name, ips in result.items():
+        print(f"| {name} | {ips:.0f} | {ips / result['bn']:.2f}x |")
+    return {name: ips / result["bn"] for name, ips in result.items() if name != "bn"}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per figure (default 15)")
-    parser.add_argument("--shapes", type=parse_shapes, default=SHAPES,
-                        help="N x C x H=W shapes, comma-separated (default: the five of issue #8)")
+    parser.add_argument("--shapes", type=parse_shapes, default=None,
+                        help="N x C x H=W shapes, comma-separated (default: five small and mid-sized ones; on "
+                             "GPUs also ResNet-50's stage shapes at batch 32)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ResNet figure")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     parser.add_argument("--compile", action="store_true",
@@ -199,18 +236,20 @@ def main(argv=None):
     print(f"# SwitchNorm2d vs BatchNorm2d on {name}, torch {torch.__version__}, float32, median of {args.repeats}")
     if device.type == "cpu":
         print(f"# SN (ours) on the CPU: C kernels {SNN.status()}")
-    else:  # the C kernels are CPU-only: both columns would time the same path
+    else:  # the C kernels are CPU-only: "SN (ours)" is the PyTorch-operation path there; add the Triton one
         LAYERS.pop("SN torch ops (ours)")
+        LAYERS["SN triton (ours)"] = functools.partial(sn.SwitchNorm2d, implementation="triton")
+    shapes = args.shapes or (GPU_SHAPES if device.type == "cuda" else SHAPES)
     if args.compile:
         LAYERS["BatchNorm2d compiled"] = compiled(LAYERS["BatchNorm2d"])
         LAYERS["SN compiled (ours)"] = compiled(sn.SwitchNorm2d)
-    rows = bench_layers(device, args.repeats, args.shapes)
+    rows = bench_layers(device, args.repeats, shapes)
     train = print_table(rows, "train", "time")
     evalr = print_table(rows, "eval", "time")
     memory = print_table(rows, "memory", "memory")
     # channels_last inputs (both layers keep the format; SN's kernels read NCHW, so SN converts)
     cl_names = ["BatchNorm2d", "SN (ours)"]
-    cl_rows = bench_layers(device, args.repeats, args.shapes, names=cl_names, memory_format=torch.channels_last)
+    cl_rows = bench_layers(device, args.repeats, shapes, names=cl_names, memory_format=torch.channels_last)
     cl_train = print_table(cl_rows, "train", "time", cl_names, "train, channels_last input")
     cl_eval = print_table(cl_rows, "eval", "time", cl_names, "eval, channels_last input")
     summary = [f"train fwd+bwd median {train['SN (ours)']:.2f}x BN",
@@ -224,6 +263,9 @@ def main(argv=None):
     if not args.no_e2e:
         ratio = bench_end_to_end(device, max(5, args.repeats // 2), compile_too=args.compile)
         summary.append(f"ResNet-20 images/s {ratio:.2f}x BN")
+        if device.type == "cuda":
+            ratios = bench_resnet50(device, max(5, args.repeats // 2))
+            summary.append("ResNet-50 images/s " + ", ".join(f"{k} {v:.2f}x BN" for k, v in ratios.items()))
     print("\nSummary (ours): " + "; ".join(summary))
 
 

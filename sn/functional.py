@@ -10,6 +10,8 @@ from the call's context, which of four implementations runs:
                     ``torch.compile`` on CPUs
 ``"torch"``         PyTorch operations in BatchNorm's passes (:mod:`sn.fused`): GPUs, and
                     CPUs without a C compiler
+``"triton"``        the same with Triton kernels for the passes over the data
+                    (:mod:`sn.triton_kernels`): CUDA tensors, opt-in until measured
 ``"composite"``     plain differentiable operations (:mod:`sn.composite`): tracing
                     (``torch.jit.trace``, ``torch.export``, ONNX export), ``torch.func``
                     transforms, synchronized SN across processes, ``torch.compile`` where
@@ -40,7 +42,7 @@ from . import native as SNN
 from . import native_ops as SNO
 from .config import KNOWN_STATS, Config
 
-PREFERENCES = ("auto", "native", "torch", "composite")
+PREFERENCES = ("auto", "native", "torch", "triton", "composite")
 _FULL_PRECISION = (torch.float32, torch.float64)
 _PREFERENCE: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("sn_implementation", default=None)
 
@@ -67,8 +69,9 @@ def implementation(name: str):
             model(x)
 
     ``name``: ``"auto"`` (the C kernels where they apply, else PyTorch operations), ``"native"``
-    (the C kernels; an error where they cannot run), ``"torch"`` or ``"composite"``. A layer's own
-    ``implementation=`` argument takes precedence.
+    (the C kernels; an error where they cannot run), ``"torch"``, ``"triton"`` (Triton kernels
+    for CUDA tensors; an error elsewhere) or ``"composite"``. A layer's own ``implementation=``
+    argument takes precedence.
     """
     token = _PREFERENCE.set(check_preference(name))
     try:
@@ -107,12 +110,31 @@ def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional
         return "composite"
     if torch.compiler.is_compiling():
         return "native-op" if wanted in ("auto", "native") and SNN.loaded_for(x3) else "composite"
+    if wanted == "triton":
+        _check_triton(x3)
+        return "triton"
     if wanted in ("auto", "native") and SNN.takes(x3):
         return "native"
     if wanted == "native":
         raise ValueError(f"implementation='native' runs float32/float64 CPU tensors with built kernels; got a "
                          f"{x3.dtype} tensor on {x3.device} (C kernels: {SNN.status()})")
     return "composite" if wanted == "composite" else "torch"
+
+
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_triton(x3: Tensor) -> None:
+    """``ValueError`` unless the Triton kernels can run on ``x3``: a CUDA tensor (or a CPU one
+    under ``TRITON_INTERPRET=1``, Triton's interpreter) of float32, float16 or bfloat16."""
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1" and x3.is_cpu
+    if not (x3.is_cuda or interpreted) or x3.dtype not in _TRITON_DTYPES:
+        raise ValueError(f"implementation='triton' runs float32/float16/bfloat16 CUDA tensors; got a {x3.dtype} "
+                         f"tensor on {x3.device}")
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        raise ValueError(f"implementation='triton' needs the triton package ({err})") from err
 
 
 _CHECKED_STATS = set()
@@ -213,14 +235,16 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
                  stats, num_groups, devices, sync, process_group, requested):
     n, c = input.shape[0], input.shape[1]
     x3 = input.reshape(n, c, -1)  # (N, C, L)
-    if x3.dtype not in _FULL_PRECISION:
-        x3 = x3.float()  # half / bfloat16: statistics in float32
+    if x3.dtype not in _FULL_PRECISION and preference(requested) != "triton":
+        x3 = x3.float()  # half / bfloat16: statistics in float32 (the Triton kernels read them as they are)
     use_batch = "bn" in stats and (training or running_mean is None)
     bn_mean, bn_var = (None, None) if use_batch or "bn" not in stats else (running_mean, running_var)
     config = Config(stats, num_groups if "gn" in stats else 1, devices if use_batch else 1, eps)
     count = (n // config.devices) * x3.shape[2]  # elements per channel in one BN chunk
     world = SND.group_size(process_group) if sync and use_batch else 1
     path = select_implementation(x3, sync=world > 1, requested=requested)
+    if path != "triton" and x3.dtype not in _FULL_PRECISION:
+        x3 = x3.float()
     args = (x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var)
     if path == "native":
         needs_grad = torch.is_grad_enabled() and any(
@@ -228,8 +252,8 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
         out, moments = SNN.switch_norm(*args, needs_grad=needs_grad)
     elif path == "native-op":
         out, moments = SNO.switch_norm(*args)
-    elif path == "torch":
-        out, moments = _torch_ops(*args)
+    elif path in ("torch", "triton"):
+        out, moments = _fused(*args, path)
     elif world > 1:
         out, moments = composite.switch_norm(*args, bn_reduce=lambda m, v: SND.sync_moments(m, v, count,
                                                                                             process_group))
@@ -245,16 +269,20 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
     return _like(out, input)
 
 
-def _torch_ops(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var):
-    """The PyTorch-operation path: :class:`sn.fused.FusedSwitchNorm` when a gradient is needed,
-    its forward alone otherwise."""
-    x3 = x3.contiguous()
+def _fused(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var, path):
+    """The four-pass path (:mod:`sn.fused`) with PyTorch's or the Triton passes:
+    :class:`sn.fused.FusedSwitchNorm` when a gradient is needed, its forward alone otherwise."""
+    if path == "triton":
+        from . import triton_kernels as passes  # (imports triton: only when asked for)
+    else:
+        passes, x3 = fused.TORCH_PASSES, x3.contiguous()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (x3, mean_weight, var_weight, weight, bias)):
         out, *moments = fused.FusedSwitchNorm.apply(x3, mean_weight, var_weight, weight, bias, config, bn_mean,
-                                                    bn_var)
+                                                    bn_var, passes)
         return out, (tuple(moments) if moments else None)
-    out, moments, _, _ = fused.mixed_forward(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var)
+    out, moments, _, _ = fused.mixed_forward(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var,
+                                             passes=passes)
     return out, moments
 
 

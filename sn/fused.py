@@ -1,11 +1,12 @@
-"""SN's training forward and backward in BatchNorm's passes over the data, in PyTorch operations.
+"""SN's training forward and backward in BatchNorm's passes over the data.
 
-What runs on GPUs (and on CPUs without a C compiler). The data is read in BatchNorm's passes:
-the forward takes the rows' moments (:func:`sn.moments.row_moments`), then writes the output
-with BatchNorm's inference kernel on the ``(1, N * C, L)`` view, where every (sample, channel)
-row is a channel of its own; the backward takes the rows' sums of ``g`` and ``g * (x - mu_in)``
-in one pass (BatchNorm's backward reductions), then writes ``dx`` in one more. Everything in
-between is ``(N, C)``-sized: Eqn. 3-5 are :func:`sn.composite.mix_statistics` on the rows'
+What runs on GPUs (and on CPUs without a C compiler). The data is read in four passes, each a
+function of a *passes* backend: the forward takes the rows' moments (``row_moments``), then
+writes the output (``apply_rows``); the backward takes the rows' sums of ``g`` and
+``g * (x - mu_in)`` (``row_grad_sums``), then writes ``dx`` (``grad_rows``). :data:`TORCH_PASSES`
+does them with PyTorch's BatchNorm kernels on the ``(1, N * C, L)`` view, where every (sample,
+channel) row is a channel of its own; :mod:`sn.triton_kernels` with Triton kernels (CUDA,
+opt-in). Everything in between is ``(N, C)``-sized: Eqn. 3-5 are :func:`sn.composite.mix_statistics` on the rows'
 moments, recorded by autograd on those small tensors, and the backward of the mixing (the
 paper's Appendix, softmax included) is autograd's, so no part of it is derived by hand here.
 The importance weights stay on the device (no host synchronization per layer).
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from . import composite
 from .config import Config
-from .moments import repeat_rows, row_moments
+from .moments import row_moments
 
 
 class _Mixing:
@@ -46,39 +47,77 @@ class _Mixing:
         return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, self.leaves)]
 
 
+class TorchPasses:
+    """The four passes over contiguous float32/float64 ``(N, C, L)`` rows with PyTorch's
+    BatchNorm kernels (any device)."""
+
+    row_moments = staticmethod(row_moments)
+
+    @staticmethod
+    def apply_rows(x3: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """``(x - center) * scale + shift`` per row: BatchNorm's inference kernel, each row a channel."""
+        n, c, l = x3.shape
+        ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
+        out, _, _ = torch.native_batch_norm(x3.view(1, n * c, l), scale.reshape(-1), shift.reshape(-1),
+                                            center.reshape(-1), ones, False, 0.0, 0.0)
+        return out.view(n, c, l)
+
+    @staticmethod
+    def row_grad_sums(g: Tensor, x3: Tensor, mean_in: Tensor):
+        """Every row's ``sum(g)`` and ``sum(g * (x - mean_in))``: BatchNorm's backward reductions."""
+        n, c, l = x3.shape
+        ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
+        _, s_gx, s_g = torch.ops.aten.native_batch_norm_backward(
+            g.reshape(1, n * c, l), x3.view(1, n * c, l), ones, None, None, mean_in.reshape(-1), ones, True, 0.0,
+            [False, True, True])
+        return s_g.view(n, c), s_gx.view(n, c)
+
+    @staticmethod
+    def grad_rows(g: Tensor, x3: Tensor, mean_in: Tensor, a: Tensor, b: Tensor, c0: Tensor) -> Tensor:
+        """``dx = a g + b (x - mean_in) + c0`` per row: the last two in BatchNorm's inference kernel."""
+        dx = TorchPasses.apply_rows(x3, mean_in, b, c0)
+        return dx.addcmul_(g.reshape(x3.shape), a.unsqueeze(2))
+
+
+TORCH_PASSES = TorchPasses()
+
+
 def mixed_forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor],
                   bias: Optional[Tensor], config: Config, bn_mean: Optional[Tensor] = None,
-                  bn_var: Optional[Tensor] = None, record: bool = False):
-    """SN of the contiguous ``x3`` ``(N, C, L)`` without a graph: ``(output (1, N * C, L), batch BN
-    moments or None, the mixing (recorded for a backward when ``record``), mixed variance + eps)``."""
+                  bn_var: Optional[Tensor] = None, record: bool = False, passes=TORCH_PASSES):
+    """SN of ``x3`` ``(N, C, L)`` without a graph: ``(output (N, C, L), batch BN moments or None,
+    the mixing (recorded for a backward when ``record``), mixed variance + eps (N, C))``."""
     n, c, l = x3.shape
-    mean_in, var_in = row_moments(x3)  # (N, C)
+    mean_in, var_in = passes.row_moments(x3)  # (N, C)
     mixing = _Mixing(mean_in, var_in, mean_logits, var_logits, config, bn_mean, bn_var, record)
-    mean = mixing.mean.detach().reshape(n * c)
-    var_eps = (mixing.var.detach() + config.eps).reshape(n, c)
-    # BatchNorm's inference kernel on the (1, N*C, L) view: every row is a channel of its own
-    out, _, _ = torch.native_batch_norm(x3.view(1, n * c, l), repeat_rows(weight, n, x3.dtype, None),
-                                        repeat_rows(bias, n, x3.dtype, None), mean, var_eps.view(-1),
-                                        False, 0.0, 0.0)
+    stat_dtype = mean_in.dtype
+    var_eps = (mixing.var.detach() + config.eps).expand(n, c)
+    scale = var_eps.rsqrt()
+    if weight is not None:
+        scale = scale * weight.detach().to(stat_dtype)
+    shift = (torch.zeros((), dtype=stat_dtype, device=x3.device) if bias is None
+             else bias.detach().to(stat_dtype)).expand(n, c)
+    out = passes.apply_rows(x3, mixing.mean.detach().expand(n, c), scale, shift)
     batch_bn = None if mixing.batch_bn is None else tuple(t.detach() for t in mixing.batch_bn)
     return out, batch_bn, mixing, var_eps
 
 
 class FusedSwitchNorm(torch.autograd.Function):
-    """SN forward and backward in BatchNorm's passes over the data, saving the input (and
-    references to the parameters) and the mixing's ``(N, C)``-sized graph.
+    """SN forward and backward in four passes over the data, saving the input (and references to
+    the parameters) and the mixing's ``(N, C)``-sized graph.
 
-    ``apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var)`` with ``x3``
-    contiguous ``(N, C, L)``; returns the output ``(1, N * C, L)`` and, when the BN branch uses
-    the batch, its per-device moments.
+    ``apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, passes)`` with
+    ``x3`` ``(N, C, L)`` as the passes take it (contiguous for :data:`TORCH_PASSES`); returns the
+    output ``(N, C, L)`` and, when the BN branch uses the batch, its per-device moments.
     """
 
     @staticmethod
-    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config, bn_mean=None, bn_var=None):
+    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config, bn_mean=None, bn_var=None,
+                passes=TORCH_PASSES):
         out, batch_bn, mixing, var_eps = mixed_forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean,
-                                                       bn_var, record=True)
+                                                       bn_var, record=True, passes=passes)
         ctx.save_for_backward(x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var)
-        ctx.config, ctx.mixing, ctx.var_eps = config, mixing, var_eps
+        ctx.config, ctx.mixing, ctx.var_eps, ctx.passes = config, mixing, var_eps, passes
         ctx.mark_non_differentiable(*(batch_bn or ()))
         ctx.set_materialize_grads(False)  # (no zero gradients made for the batch moments)
         return (out,) + (batch_bn or ())
@@ -86,42 +125,37 @@ class FusedSwitchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, *unused):
         if grad_out is None:  # the output was not used
-            return (None,) * 8
+            return (None,) * 9
         x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the gradients as a graph (double backward)
             grads = composite.input_gradients((x3, mean_logits, var_logits, weight, bias), grad_out, ctx.config,
                                               bn_mean, bn_var)
-            return tuple(g if ctx.needs_input_grad[i] else None for i, g in enumerate(grads)) + (None,) * 3
+            return tuple(g if ctx.needs_input_grad[i] else None for i, g in enumerate(grads)) + (None,) * 4
         grads = _backward(ctx, grad_out, x3, weight)
         dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
-        return tuple(g if g is None or g.dtype == dt else g.to(dt) for g, dt in zip(grads, dtypes)) + (None,) * 3
+        return tuple(g if g is None or g.dtype == dt else g.to(dt) for g, dt in zip(grads, dtypes)) + (None,) * 4
 
 
 def _backward(ctx, grad_out: Tensor, x3: Tensor, weight: Optional[Tensor]):
     """``(dx, d_mean_logits, d_var_logits, d_weight, d_bias)``: two passes over the data around
     autograd's backward of the ``(N, C)`` mixing."""
-    mixing = ctx.mixing
+    mixing, passes = ctx.mixing, ctx.passes
     mean_in = mixing.leaves[0].detach()
     n, c, l = x3.shape
-    g = grad_out.contiguous().view(1, n * c, l)
-    x1 = x3.view(1, n * c, l)
-    ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
-    # per row: sum(g * (x - mean_in)) and sum(g), one pass (BatchNorm's backward reductions)
-    _, s_gx, s_g = torch.ops.aten.native_batch_norm_backward(
-        g, x1, ones, None, None, mean_in.view(-1), ones, True, 0.0, [False, True, True])
-    s_gx, s_g = s_gx.view(n, c), s_g.view(n, c)
+    g = grad_out.reshape(n, c, l)
+    if passes is TORCH_PASSES:
+        g = g.contiguous()
+    s_g, s_gx = passes.row_grad_sums(g, x3, mean_in)  # (N, C) each
     rstd = ctx.var_eps.rsqrt()  # (N, C)
-    gamma_rstd = rstd if weight is None else rstd * weight.detach().to(x3.dtype)
+    gamma_rstd = rstd if weight is None else rstd * weight.detach().to(rstd.dtype)
     s_gxc = torch.addcmul(s_gx, mean_in - mixing.mean.detach(), s_g)  # sum(g * (x - mean)) per row
     d_mean = -gamma_rstd * s_g
     d_var = torch.mul(gamma_rstd, rstd).mul_(rstd).mul_(s_gxc).mul_(-0.5)
     d_mean_in, d_var_in, d_mean_logits, d_var_logits = mixing.backward(d_mean, d_var)
     d_x = None
     if ctx.needs_input_grad[0]:
-        # dx = gamma rstd g + d_mean_in / L + 2 d_var_in / L (x - mean_in): one pass for the last two
-        d_x, _, _ = torch.native_batch_norm(x1, d_var_in.reshape(-1) * (2.0 / l), d_mean_in.reshape(-1) * (1.0 / l),
-                                            mean_in.view(-1), ones, False, 0.0, 0.0)
-        d_x = d_x.view(n, c, l).addcmul_(g.view(n, c, l), gamma_rstd.unsqueeze(2))
+        # dx = gamma rstd g + 2 d_var_in / L (x - mean_in) + d_mean_in / L: one pass
+        d_x = passes.grad_rows(g, x3, mean_in, gamma_rstd, d_var_in * (2.0 / l), d_mean_in * (1.0 / l))
     d_weight = (rstd * s_gxc).sum(0) if ctx.needs_input_grad[3] else None
     d_bias = s_g.sum(0) if ctx.needs_input_grad[4] else None
     return d_x, d_mean_logits, d_var_logits, d_weight, d_bias

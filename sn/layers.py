@@ -79,7 +79,8 @@ class SwitchNorm(nn.Module):
             NCCL). Without an initialised process group it changes nothing. Default: ``False``
         process_group: the group ``sync`` reduces over. Default: the world
         implementation: the preferred implementation of this layer's calls, ``"auto"``,
-            ``"native"`` (the C kernels), ``"torch"`` (PyTorch operations) or ``"composite"``
+            ``"native"`` (the C kernels), ``"torch"`` (PyTorch operations), ``"triton"``
+            (Triton kernels for CUDA tensors, opt-in) or ``"composite"``
             (plain differentiable operations); ``None`` defers to :func:`sn.implementation`
             and the environment. Tracing, export and ``torch.func`` always take
             ``"composite"`` (see :mod:`sn.functional`). Default: ``None``

@@ -16,7 +16,7 @@ batch of one gives a variance of exactly zero, never NaN.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
@@ -112,15 +112,5 @@ class Pool:
         return pool_moments(self.view(mean_in), self.view(var_in), lambda t: t.sum(self.dim, keepdim=True), self.size)
 
 
-def repeat_rows(param: Optional[Tensor], n: int, dtype, device) -> Optional[Tensor]:
-    """A ``(C,)`` parameter repeated for each of ``n`` samples, ``(N * C,)`` (no graph), or ``None``."""
-    if param is None:
-        return None
-    param = param.detach()
-    if param.dtype != dtype or (device is not None and param.device != device):
-        param = param.to(dtype=dtype, device=device)
-    return torch.cat([param] * n)  # (much cheaper than Tensor.repeat for small tensors)
-
-
-__all__ = ["ONE_PASS_MAX_RATIO", "Pool", "instance_moments", "pool_moments", "repeat_rows", "row_moments",
+__all__ = ["ONE_PASS_MAX_RATIO", "Pool", "instance_moments", "pool_moments", "row_moments",
            "row_sums"]

@@ -75,3 +75,31 @@ def test_cuda_training_and_eval_steps_do_not_synchronize_with_the_host():
             layer(x)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_cuda_triton_path_matches_the_torch_path_and_does_not_synchronize():
+    """The Triton kernels on a GPU (tests/test_sn_triton.py checks them against float64 maths,
+    in the interpreter where there is no GPU)."""
+    pytest.importorskip("triton")
+    torch.manual_seed(3)
+    x = (torch.randn(8, 32, 14, 14, device="cuda") * 3 + 2).to(memory_format=torch.channels_last)
+    outs, grads = [], []
+    for impl in ("torch", "triton"):
+        torch.manual_seed(4)
+        layer = sn.SwitchNorm2d(32, stats=("in", "ln", "bn", "gn"), num_groups=8, devices=2,
+                                implementation=impl).cuda()
+        xi = x.clone().requires_grad_()
+        out = layer(xi)
+        out.square().sum().backward()
+        outs.append(out.detach()), grads.append(xi.grad)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            layer(xi).sum().backward()
+            layer.eval()
+            with torch.no_grad():
+                layer(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-3, rtol=1e-3)

@@ -1,0 +1,132 @@
+"""The Triton kernels (sn.triton_kernels, implementation="triton") against float64 maths and the
+composite form: outputs, gradients and running statistics, in float32, float16 and bfloat16,
+contiguous and channels_last, training and eval. On a machine without a GPU they run in
+Triton's interpreter (TRITON_INTERPRET=1) on CPU tensors; on a GPU, on the GPU."""
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # (read when the kernels are defined: before the import below)
+triton = pytest.importorskip("triton", reason="the Triton kernels need the triton package (it ships with torch)")
+
+import sn  # noqa: E402
+from sn import functional as SNF  # noqa: E402
+from sn_reference import reference_switch_norm  # noqa: E402
+
+if "sn.triton_kernels" in sys.modules:  # defined earlier without the interpreter: define them again
+    importlib.reload(sys.modules["sn.triton_kernels"])
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CASES = [  # (stats, devices, groups)
+    (("in", "ln", "bn"), 1, None),
+    (("in", "ln", "bn", "gn"), 2, 4),
+    (("ln", "gn"), 1, 2),
+    (("bn",), 2, None),
+]
+TOL = {torch.float32: dict(atol=2e-5, rtol=1e-5), torch.float16: dict(atol=2e-2, rtol=1e-2),
+       torch.bfloat16: dict(atol=1e-1, rtol=2e-2)}
+
+
+def _layer(stats, devices, groups, seed=0, c=8):
+    g = torch.Generator().manual_seed(seed)
+    layer = sn.SwitchNorm2d(c, stats=stats, devices=devices, num_groups=groups, implementation="triton")
+    with torch.no_grad():
+        layer.mean_weight.copy_(torch.randn(len(stats), generator=g))
+        layer.var_weight.copy_(torch.randn(len(stats), generator=g))
+        layer.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        layer.bias.copy_(torch.randn(c, generator=g))
+        layer.running_mean.copy_(torch.randn(c, generator=g))
+        layer.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    return layer.to(DEVICE)
+
+
+def _input(dtype, channels_last, seed=1, shape=(4, 8, 5, 3), offset=3.0):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 2 + offset
+    x = x.to(device=DEVICE, dtype=dtype)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+def _reference(layer, x, running):
+    p = [t.detach().cpu() for t in (layer.mean_weight, layer.var_weight, layer.weight, layer.bias)]
+    bn = (layer.running_mean.cpu(), layer.running_var.cpu()) if running else (None, None)
+    return reference_switch_norm(x.float().cpu(), p[0], p[1], layer.stats, p[2], p[3], eps=layer.eps,
+                                 num_groups=layer.num_groups or 1, devices=1 if running else layer.devices,
+                                 bn_mean=bn[0], bn_var=bn[1])
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("stats,devices,groups", CASES)
+def test_training_outputs_gradients_and_running_stats(stats, devices, groups, dtype, channels_last):
+    layer = _layer(stats, devices, groups)
+    twin = _layer(stats, devices, groups)  # the same layer on the composite form, in float64
+    twin.implementation = "composite"
+    twin = twin.double()
+    x = _input(dtype, channels_last).requires_grad_()
+    out = layer(x)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(out.double().cpu(), _reference(layer, x, running=False), **TOL[dtype])
+    x64 = x.detach().double().requires_grad_()
+    ref = twin(x64)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    got = torch.autograd.grad(out, [x, layer.mean_weight, layer.var_weight, layer.weight, layer.bias],
+                              grad.to(dtype))
+    want = torch.autograd.grad(ref, [x64, twin.mean_weight, twin.var_weight, twin.weight, twin.bias], grad)
+    scale = 1.0 if dtype == torch.float32 else 50.0  # half-precision input and gradient
+    for name, a, b in zip(["x", "mean_weight", "var_weight", "weight", "bias"], got, want):
+        tol = TOL[dtype]
+        torch.testing.assert_close(a.double(), b, atol=tol["atol"] * scale * 5, rtol=tol["rtol"] * scale, msg=name)
+    if "bn" in stats:
+        torch.testing.assert_close(layer.running_mean.double(), twin.running_mean, atol=1e-2 if scale > 1 else 1e-6,
+                                   rtol=1e-2 if scale > 1 else 1e-5)
+        torch.testing.assert_close(layer.running_var.double(), twin.running_var, atol=1e-2 if scale > 1 else 1e-5,
+                                   rtol=1e-2 if scale > 1 else 1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("stats,devices,groups", CASES)
+def test_eval_with_and_without_grad(stats, devices, groups, channels_last):
+    layer = _layer(stats, devices, groups).eval()
+    x = _input(torch.float32, channels_last, seed=3, shape=(3, 8, 4, 4))  # (any batch size in eval)
+    with torch.no_grad():
+        out = layer(x)
+    torch.testing.assert_close(out.double().cpu(), _reference(layer, x, running=True), **TOL[torch.float32])
+    torch.testing.assert_close(layer(x.clone().requires_grad_()).detach(), out, atol=1e-6, rtol=1e-6)
+
+
+def test_large_offsets_and_tiny_maps_stay_accurate():
+    layer = _layer(("in", "ln", "bn"), 1, None)
+    for shape, offset in (((4, 8, 6, 6), 1e3), ((2, 8, 1, 1), 5.0), ((1, 8, 3, 3), 0.0)):
+        x = _input(torch.float32, False, seed=4, shape=shape, offset=offset)
+        out = layer(x)
+        assert torch.isfinite(out).all()
+        tol = 4 * offset * 2.0 ** -23 * float(layer.weight.abs().max()) + 5e-5
+        assert (out.double().cpu() - _reference(layer, x, running=False)).abs().max() < tol
+
+
+def test_the_triton_path_is_taken_and_is_opt_in(monkeypatch):
+    x3 = _input(torch.float32, False).reshape(4, 8, -1)
+    assert SNF.select_implementation(x3, requested="triton") == "triton"
+    assert SNF.select_implementation(x3) != "triton"  # "auto" never picks it (no GPU measurement yet)
+    kernels = sys.modules["sn.triton_kernels"]
+    calls = []
+    for name in ("row_moments", "apply_rows", "row_grad_sums", "grad_rows"):
+        original = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    _layer(("in", "ln", "bn"), 1, None)(_input(torch.float32, False).requires_grad_()).sum().backward()
+    assert calls == ["row_moments", "apply_rows", "row_grad_sums", "grad_rows"]  # four passes over the data
+
+
+def test_triton_where_it_cannot_run_is_a_clear_error(monkeypatch):
+    layer = _layer(("in", "ln", "bn"), 1, None).double()
+    with pytest.raises(ValueError, match="implementation='triton' runs float32/float16/bfloat16 CUDA"):
+        layer(_input(torch.float64, False))
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(ValueError, match="CUDA tensors; got a torch.float32 tensor on cpu"):
+            _layer(("in", "ln", "bn"), 1, None)(_input(torch.float32, False))
