@@ -180,14 +180,16 @@ def bench_end_to_end(device, repeats, batch=64, compile_too=False):
     return result["sn"] / result["bn"]
 
 
-def bench_resnet50(device, repeats, batch=32):
-    """torchvision's ResNet-50 training step at 224x224 (GPUs): BN, SN on PyTorch operations, SN on
-    the Triton kernels; images/s and ratios to BN."""
+RESNET50_VARIANTS = {"bn": None, "sn": "torch", "sn triton": "triton"}  # name: SN's implementation
+
+
+def bench_resnet50(device, repeats, batch=32, size=224, variants=RESNET50_VARIANTS):
+    """torchvision's ResNet-50 training step (GPUs): BN, SN on PyTorch operations, SN on the Triton
+    kernels; images/s and ratios to BN."""
     import torchvision
 
-    x = torch.randn(batch, 3, 224, 224, device=device)
+    x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
-    variants = {"bn": None, "sn": "torch", "sn triton": "triton"}
     steps = {}
     for name, impl in variants.items():
         torch.manual_seed(0)
@@ -206,7 +208,7 @@ def bench_resnet50(device, repeats, batch=32):
 
         steps[name] = step
     result = {name: batch / t for name, t in median_times(steps, device, repeats).items()}
-    print(f"\n### End to end: ResNet-50 training step, batch {batch}, 224x224\n")
+    print(f"\n### End to end: ResNet-50 training step, batch {batch}, {size}x{size}\n")
     print("| norm | images/s | ratio to BN |\n|---|---|---|")
     for name, ips in result.items():
         print(f"| {name} | {ips:.0f} | {ips / result['bn']:.2f}x |")

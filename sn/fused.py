@@ -55,12 +55,14 @@ class TorchPasses:
 
     @staticmethod
     def apply_rows(x3: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-        """``(x - center) * scale + shift`` per row: BatchNorm's inference kernel, each row a channel."""
+        """``(x - center) * scale + shift`` per row: BatchNorm's inference kernel, each row a channel.
+        Returned as computed, ``(1, N * C, L)``: a view made here and returned by the autograd
+        function could not be written in place afterwards (``ReLU(inplace=True)``)."""
         n, c, l = x3.shape
         ones = torch.ones(n * c, dtype=x3.dtype, device=x3.device)
         out, _, _ = torch.native_batch_norm(x3.view(1, n * c, l), scale.reshape(-1), shift.reshape(-1),
                                             center.reshape(-1), ones, False, 0.0, 0.0)
-        return out.view(n, c, l)
+        return out
 
     @staticmethod
     def row_grad_sums(g: Tensor, x3: Tensor, mean_in: Tensor):
@@ -75,7 +77,7 @@ class TorchPasses:
     @staticmethod
     def grad_rows(g: Tensor, x3: Tensor, mean_in: Tensor, a: Tensor, b: Tensor, c0: Tensor) -> Tensor:
         """``dx = a g + b (x - mean_in) + c0`` per row: the last two in BatchNorm's inference kernel."""
-        dx = TorchPasses.apply_rows(x3, mean_in, b, c0)
+        dx = TorchPasses.apply_rows(x3, mean_in, b, c0).view(x3.shape)
         return dx.addcmul_(g.reshape(x3.shape), a.unsqueeze(2))
 
 
@@ -85,7 +87,7 @@ TORCH_PASSES = TorchPasses()
 def mixed_forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor],
                   bias: Optional[Tensor], config: Config, bn_mean: Optional[Tensor] = None,
                   bn_var: Optional[Tensor] = None, record: bool = False, passes=TORCH_PASSES):
-    """SN of ``x3`` ``(N, C, L)`` without a graph: ``(output (N, C, L), batch BN moments or None,
+    """SN of ``x3`` ``(N, C, L)`` without a graph: ``(output (viewable as N, C, L), batch BN moments or None,
     the mixing (recorded for a backward when ``record``), mixed variance + eps (N, C))``."""
     n, c, l = x3.shape
     mean_in, var_in = passes.row_moments(x3)  # (N, C)
@@ -108,7 +110,7 @@ class FusedSwitchNorm(torch.autograd.Function):
 
     ``apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, passes)`` with
     ``x3`` ``(N, C, L)`` as the passes take it (contiguous for :data:`TORCH_PASSES`); returns the
-    output ``(N, C, L)`` and, when the BN branch uses the batch, its per-device moments.
+    output (viewable as ``(N, C, L)``) and, when the BN branch uses the batch, its per-device moments.
     """
 
     @staticmethod

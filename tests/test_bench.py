@@ -27,3 +27,11 @@ def test_bench_rejects_bad_shapes_and_threads():
         bench_sn.main(["--shapes", "2x4", "--no-e2e"])
     with pytest.raises(SystemExit):
         bench_sn.main(["--threads", "0", "--no-e2e"])
+
+
+def test_resnet50_figure_runs_and_converts_every_norm(capsys):
+    """The GPU-only ResNet-50 figure, on the CPU at a small size without its Triton variant."""
+    ratios = bench_sn.bench_resnet50(torch.device("cpu"), repeats=1, batch=2, size=32,
+                                     variants={"bn": None, "sn": "torch"})
+    out = capsys.readouterr().out
+    assert "| bn |" in out and "| sn |" in out and set(ratios) == {"sn"} and ratios["sn"] > 0

@@ -129,3 +129,17 @@ def test_saved_tensors_are_the_input_and_small_statistics():
         layer(x)
     # the input (one copy) plus O(N*C + C) statistics, nothing else of the input's size
     assert sum(saved.values()) <= x.numel() * 4 + 64 * 4 * 8
+
+
+def test_output_can_be_written_in_place_like_batchnorms():
+    """torchvision's ResNets put ReLU(inplace=True) after every norm: the training output must be a
+    tensor autograd lets one modify in place, with the same gradients as out of place."""
+    torch.manual_seed(5)
+    layer = sn.SwitchNorm2d(6)
+    x0 = torch.randn(4, 6, 5, 5) * 2 + 1
+    grads = []
+    for inplace in (False, True):
+        x = x0.clone().requires_grad_()
+        torch.nn.ReLU(inplace=inplace)(layer(x)).square().sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0])
