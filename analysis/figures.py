@@ -8,6 +8,10 @@ Weight figures put means (mu) and variances (sigma) side by side, one bar trace 
 - Fig. 3: :func:`fig_block_weights` (per block of a network, e.g. ResNet stage)
 - Fig. 4: :func:`fig_weights_by_batch` (per batch setting of the classification sweep)
 - :func:`fig_weight_trajectories`: the weights of every layer over training (not in the paper)
+- small differences made visible (not in the paper): :func:`fig_layer_heatmap` (layer x op,
+  means and variances, as deviation from uniform or raw weights), :func:`fig_network_trajectory`
+  (the whole network's average weights and distance from uniform over training) and
+  :func:`fig_deviation` (each layer's or block's distance from uniform)
 - Fig. 2 / 6(a) / 6(b): :func:`fig_classify_curves`, :func:`fig_stylize_losses`,
   :func:`fig_enas_curves`, all built by :func:`fig_learning_curves`
 """
@@ -21,7 +25,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from analysis.aggregate import STAT_ORDER, add_blocks, average_weights, order_batches, order_ops
+from analysis.aggregate import (STAT_ORDER, add_blocks, average_weights, deviation_from_uniform, layer_matrix,
+                                network_trajectory, order_batches, order_ops)
 
 OP_COLORS = {"in": "#1f77b4", "ln": "#ff7f0e", "bn": "#2ca02c", "gn": "#d62728"}
 STAT_TITLES = {"mean": "means (\u03bc)", "var": "variances (\u03c3)"}
@@ -182,6 +187,112 @@ def fig_enas_curves(metrics: pd.DataFrame, name: str = "mean_acc") -> go.Figure:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def fig_layer_heatmap(weights: pd.DataFrame, run_id: str | None = None, relative: bool = True) -> go.Figure:
+    """One run's final weights as a heatmap, layers (rows, network order) x ops (columns), means
+    and variances side by side. ``relative``: colour = weight - 1/K (K ops of the layer), on a
+    diverging scale centred on 0, so that small moves away from uniform show; otherwise the
+    weights themselves on [0, 1]. The cell text is always the weight.
+    """
+    title = "Importance weights per layer" + (" (colour: weight - uniform)" if relative else "")
+    data = _one_run(weights, run_id)
+    if data.empty:
+        return _no_data(title, "no importance weights logged for this run")
+    table = layer_matrix(data)
+    ops = order_ops(data["op"])
+    fig = make_subplots(rows=1, cols=len(STAT_ORDER), subplot_titles=[STAT_TITLES[s] for s in STAT_ORDER],
+                        shared_yaxes=True, horizontal_spacing=0.06)
+    spread = 0.0
+    cells = {}
+    for stat in STAT_ORDER:
+        cols = [(stat, op) for op in ops if (stat, op) in table.columns]
+        part = table[cols] if cols else pd.DataFrame(index=table.index)
+        n_ops = part.notna().sum(axis=1).replace(0, 1)
+        shown = part.sub(1.0 / n_ops, axis=0) if relative else part
+        spread = max(spread, float(shown.abs().max().max()) if not shown.empty else 0.0)
+        cells[stat] = (part, shown)
+    spread = max(spread, 1e-3)
+    for col, stat in enumerate(STAT_ORDER, start=1):
+        part, shown = cells[stat]
+        if part.empty:
+            continue
+        fig.add_trace(go.Heatmap(
+            z=shown.to_numpy().tolist(), x=[op.upper() for _, op in part.columns], y=list(part.index),
+            text=part.round(3).to_numpy().tolist(), texttemplate="%{text}",
+            colorscale="RdBu" if relative else "Viridis", reversescale=relative,
+            zmin=-spread if relative else 0.0, zmax=spread if relative else 1.0, zmid=0.0 if relative else None,
+            showscale=col == 1, colorbar={"title": "w - 1/K" if relative else "weight"},
+            meta={"stat": stat, "relative": relative},
+            hovertemplate="layer %{y}<br>%{x} " + stat + ": %{text}<extra></extra>"), row=1, col=col)
+    fig.update_yaxes(autorange="reversed", title_text="layer", row=1, col=1)
+    fig.update_layout(title=f"{title}: {data['run_id'].iloc[0]}", height=max(300, 24 * len(table) + 160))
+    return fig
+
+
+def fig_network_trajectory(weights: pd.DataFrame, run_ids: list | None = None) -> go.Figure:
+    """The whole network over training: per run, the average weight of each op over its SN
+    layers at every logged step (top: means, bottom: variances), and the mean distance of
+    the layers from uniform (total variation, dotted, right panel) - which can grow while
+    the averages stay at 1/K, when layers move in different directions.
+    """
+    title = "The whole network's importance weights during training"
+    data = weights if run_ids is None else weights[weights["run_id"].isin(run_ids)]
+    traj = network_trajectory(data)
+    if traj.empty:
+        return _no_data(title, "no importance weights logged for these runs")
+    runs = list(dict.fromkeys(traj["run_id"]))
+    fig = make_subplots(rows=len(STAT_ORDER), cols=2, shared_xaxes=True, column_widths=[0.6, 0.4],
+                        subplot_titles=[t for s in STAT_ORDER for t in (f"average weight, {STAT_TITLES[s]}",
+                                                                         f"distance from uniform, {STAT_TITLES[s]}")])
+    dashes = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+    for row, stat in enumerate(STAT_ORDER, start=1):
+        for r, run in enumerate(runs):
+            part = traj[traj["run_id"].eq(run) & traj["stat"].eq(stat)]
+            label = _run_label(data, run)
+            for op in order_ops(part["op"]):
+                line = part[part["op"].eq(op)]
+                fig.add_trace(go.Scatter(
+                    x=line["step"].tolist(), y=line["weight"].tolist(), mode="lines",
+                    name=f"{op.upper()} {label}" if len(runs) > 1 else op.upper(), legendgroup=f"{run}/{op}",
+                    showlegend=row == 1, line={"color": OP_COLORS.get(op), "dash": dashes[r % len(dashes)]},
+                    meta={"run_id": run, "stat": stat, "op": op, "kind": "weight"}), row=row, col=1)
+            tv = part.drop_duplicates("step")
+            fig.add_trace(go.Scatter(
+                x=tv["step"].tolist(), y=tv["tv"].tolist(), mode="lines", name=f"distance {label}",
+                legendgroup=f"{run}/tv", showlegend=row == 1,
+                line={"color": RUN_COLORS[r % len(RUN_COLORS)], "dash": dashes[r % len(dashes)]},
+                meta={"run_id": run, "stat": stat, "kind": "tv"}), row=row, col=2)
+        fig.update_yaxes(range=[0, 1], title_text="weight", row=row, col=1)
+        fig.update_yaxes(rangemode="tozero", title_text="0.5 sum |w - 1/K|", row=row, col=2)
+    fig.update_xaxes(title_text="step", row=len(STAT_ORDER))
+    fig.update_layout(title=title, height=280 * len(STAT_ORDER) + 80)
+    return fig
+
+
+def fig_deviation(weights: pd.DataFrame, by: str = "layer", block_of: Callable[[str], str] | int = 1) -> go.Figure:
+    """Each layer's (``by="layer"``) or block's (``by="block"``, see :func:`fig_block_weights`)
+    distance from uniform weights at the end of training, means and variances as two bar
+    series; the hover names the op with the largest weight. Several runs are averaged.
+    """
+    if by not in ("layer", "block"):
+        raise ValueError(f"by must be 'layer' or 'block', got {by!r}")
+    title = f"Distance from uniform weights per {by} (0.5 sum |w - 1/K|)"
+    if weights.empty:
+        return _no_data(title, "no importance weights to show (no SN runs selected)")
+    data, order = add_blocks(weights, block_of) if by == "block" else (weights, list(dict.fromkeys(weights["layer"])))
+    dev = deviation_from_uniform(data, by)
+    fig = go.Figure()
+    for stat, color in zip(STAT_ORDER, ("#636efa", "#ef553b")):
+        part = dev[dev["stat"].eq(stat)].set_index(by).reindex(order).dropna(subset=["tv"])
+        fig.add_trace(go.Bar(
+            x=part.index.tolist(), y=part["tv"].tolist(), name=STAT_TITLES[stat], marker_color=color,
+            customdata=part["top_op"].str.upper().tolist(), meta={"stat": stat},
+            hovertemplate=f"%{{x}} {stat}: %{{y:.3f}}<br>largest: %{{customdata}}<extra></extra>"))
+    fig.update_xaxes(categoryorder="array", categoryarray=order, title_text=by)
+    fig.update_yaxes(rangemode="tozero", title_text="distance from uniform")
+    fig.update_layout(title=title, barmode="group")
+    return fig
 
 
 def _task(frame: pd.DataFrame, task: str) -> pd.DataFrame:

@@ -75,6 +75,41 @@ def load_runs(root: str | os.PathLike = "runs", experiment: str | list[str] | No
     return RunData(runs.reset_index(drop=True), metrics, weights, warnings)
 
 
+REFERENCE = "reference"  # the source of the committed reference results (results/)
+YOURS = "yours"  # the source of the user's own runs (runs/)
+
+
+def load_sources(root: str | os.PathLike = "runs", reference_root: str | os.PathLike | None = "results",
+                 experiment: str | list[str] | None = None) -> RunData:
+    """The user's runs under ``root`` and the reference results under ``reference_root``, in one
+    :class:`RunData` with a ``source`` column (``"yours"`` / ``"reference"``) in all three frames.
+
+    Reference runs get run ids ``reference/<experiment>/<run>``, experiment names
+    ``<experiment> (reference)`` and labels ending in ``(reference)``, so that they never merge
+    with a run of the same name of the user's and every table and legend tells them apart.
+    ``reference_root=None`` (or the same folder as ``root``) reads the user's runs only; a
+    missing reference folder adds no warning.
+    """
+    yours = load_runs(root, experiment)
+    frames = {name: getattr(yours, name).assign(source=YOURS) for name in ("runs", "metrics", "weights")}
+    warnings = list(yours.warnings)
+    same = reference_root is not None and Path(reference_root).resolve() == Path(root).resolve()
+    if reference_root is not None and not same and Path(reference_root).is_dir():
+        ref = load_runs(reference_root, experiment)
+        warnings += [f"reference results: {w}" for w in ref.warnings]
+        for name in frames:
+            extra = getattr(ref, name).copy()
+            if extra.empty:
+                continue
+            extra["run_id"] = REFERENCE + "/" + extra["run_id"].astype(str)
+            extra["experiment"] = extra["experiment"].astype(str) + f" ({REFERENCE})"
+            extra["label"] = extra["label"].astype(str) + f" ({REFERENCE})"
+            extra["source"] = REFERENCE
+            frames[name] = pd.concat([frames[name], extra], ignore_index=True) if not frames[name].empty else extra
+    return RunData(frames["runs"].reset_index(drop=True), frames["metrics"].reset_index(drop=True),
+                   frames["weights"].reset_index(drop=True), warnings)
+
+
 def read_csv_table(path: Path, columns: tuple[str, ...], ints=(), floats=()) -> tuple[pd.DataFrame, list[str]]:
     """Read a CSV with a header naming at least ``columns``, tolerating damage.
 

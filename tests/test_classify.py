@@ -30,6 +30,7 @@ TINY_DATA = (["--dataset", "fashion-mnist", "--data-root", str(Path.home() / ".c
              if HAVE_FMNIST else ["--dataset", "synthetic"])
 TINY = TINY_DATA + ["--train-subset", "640", "--val-size", "256", "--test-subset", "512", "--depth", "8",
                     "--width", "8", "--batch", "4x8", "--ref-batch", "8", "--epochs", "3",
+                    "--base-lr", "0.1", "--warmup-epochs", "0",
                     "--update-stats-batches", "8", "--log-every-n-steps", "4", "--weights-every-n-steps", "8",
                     "--eval-batch-size", "512", "--progress-bar", "false", "--threads", "1"]
 STEPS_PER_EPOCH = 640 // 32

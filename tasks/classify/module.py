@@ -31,6 +31,16 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones) -> 
     return 0.1 ** sum(progress >= m for m in milestones)
 
 
+def optimizer_groups(net: torch.nn.Module, cfg: ClassifyConfig) -> list:
+    """SGD parameter groups: every parameter at ``cfg.lr`` with ``cfg.weight_decay``, except SN's
+    importance logits, at ``cfg.lr * cfg.logit_lr_scale`` with ``cfg.logit_weight_decay``
+    (:func:`sn.param_groups` finds them)."""
+    groups = sn.param_groups(net, cfg.weight_decay)
+    for group in groups[1:]:  # the logits' group, present when the network has SN layers
+        group.update(lr=cfg.lr * cfg.logit_lr_scale, weight_decay=cfg.logit_weight_decay)
+    return groups
+
+
 class ClassifyModule(pl.LightningModule):
     """The network, its SGD optimizer and schedule, and SN's batch-average evaluation."""
 
@@ -97,7 +107,7 @@ class ClassifyModule(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.cfg
-        opt = torch.optim.SGD(sn.param_groups(self.net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+        opt = torch.optim.SGD(optimizer_groups(self.net, cfg), lr=cfg.lr, momentum=cfg.momentum)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(round(cfg.warmup_epochs * total / cfg.epochs))
         sched = torch.optim.lr_scheduler.LambdaLR(

@@ -91,6 +91,9 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
                              "its values, an option for a key its grid varies replaces that axis")
     parser.add_argument("--experiments-file", metavar="FILE", action=_Once, default=argparse.SUPPRESS,
                         help="the experiments file (default: ./experiments.yaml, else the repository's)")
+    parser.add_argument("--runs", metavar="PATTERNS", action=_Once, default=argparse.SUPPRESS,
+                        help="run only the runs of the grid whose names match one of these comma-separated "
+                             "shell patterns, e.g. '*_8x32_*,*_8x2_*' (to run parts of a grid side by side)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs (experiment/run) without training")
     parser.add_argument("--list", action="store_true", help="list the experiments of the experiments file")
 
@@ -152,7 +155,7 @@ def _parse(task: Task, argv: List[str]) -> Tuple[Dict, Dict]:
             raise ValueError("config key 'task' cannot be set; run python -m tasks.<task> instead")
         raise unknown_key(name, task.config_cls, "the command line")
     values = vars(values)
-    options = {k: values.pop(k) for k in ("experiment", "experiments_file", "dry_run", "list", "help")
+    options = {k: values.pop(k) for k in ("experiment", "experiments_file", "runs", "dry_run", "list", "help")
                if k in values}
     return options, values
 
@@ -184,7 +187,26 @@ def configs_from_args(task: Task, argv: Sequence[str]) -> Tuple[Task, List, Dict
     overrides = coerce_fields(task.config_cls, values, "the command line")
     configs = resolve_runs(task.config_cls, base, grid, overrides,
                            where=f"experiment {options.get('experiment') or task.name + '-default'!r}")
+    if options.get("runs") is not None:
+        configs = select_runs(configs, options["runs"])
     return task, configs, options
+
+
+def select_runs(configs: Sequence, patterns: str) -> List:
+    """The configs whose run name matches one of the comma-separated shell ``patterns``.
+
+    Raises:
+        ValueError: no pattern given, or no run matches (the message lists the grid's runs).
+    """
+    import fnmatch
+
+    wanted = [p.strip() for p in str(patterns).split(",") if p.strip()]
+    if not wanted:
+        raise ValueError("--runs needs at least one pattern, e.g. --runs '*_8x32_*'")
+    chosen = [c for c in configs if any(fnmatch.fnmatchcase(c.run, p) for p in wanted)]
+    if not chosen:
+        raise ValueError(f"--runs {patterns!r} matches none of the runs: {', '.join(c.run for c in configs)}")
+    return chosen
 
 
 def print_experiments(path: Path) -> None:

@@ -33,11 +33,13 @@ API:
     resolve_runs(cls, base, grid, overrides) -> list of configs
     config_dict(cfg) -> dict                    the config as a plain dict (for config.yaml)
     software_versions() -> dict                 torch, torchvision, lightning, python
+    provenance() -> dict                        commit, machine and command of this process
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import platform
 import re
@@ -340,3 +342,63 @@ def software_versions() -> Dict[str, str]:
         tv = None
     return {"torch": str(torch.__version__), "torchvision": str(tv), "lightning": str(pytorch_lightning.__version__),
             "python": platform.python_version()}
+
+
+def _git_commit(where: Path) -> Dict[str, Any]:
+    """The git commit checked out at ``where`` and whether tracked files differ from it."""
+    import subprocess
+
+    def git(*args):
+        out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.rstrip("\n") if out.returncode == 0 else None
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        commit = commit.strip() if commit else commit
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    changed = [line[3:] for line in dirty.splitlines()] if dirty else []
+    return {"commit": commit, "dirty": None if dirty is None else bool(dirty), "changed_files": changed}
+
+
+def _cpu_model() -> Optional[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+@functools.lru_cache(maxsize=1)
+def _process_provenance() -> Dict[str, Any]:
+    return _provenance()
+
+
+def provenance() -> Dict[str, Any]:
+    """Where a run came from, for ``config.yaml``: the code's git commit as this process first
+    saw it (and the tracked files that differed from it: ``dirty``, ``changed_files``), the
+    machine (host name, CPU model, cores, GPU if any) and the command line. Taken once per
+    process, since the process runs the code it loaded then."""
+    import copy
+
+    return copy.deepcopy(_process_provenance())
+
+
+def _provenance() -> Dict[str, Any]:
+    import os
+    import shlex
+    import sys
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    machine = {"hostname": platform.node(), "platform": platform.platform(), "cpu": _cpu_model(),
+               "cpu_count": os.cpu_count(), "gpu": gpu}
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = spec.name.removesuffix(".__main__") if spec is not None else None
+    argv = [Path(sys.executable).name, *(["-m", module] if module else sys.argv[:1]), *sys.argv[1:]]
+    return {**_git_commit(Path(__file__).resolve().parents[2]), "machine": machine,
+            "command": " ".join(shlex.quote(a) for a in argv), "cwd": os.getcwd()}

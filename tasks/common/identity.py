@@ -21,7 +21,7 @@ import yaml
 # tests, which run directories of earlier versions record (a finished run was never killed)
 IGNORED_KEYS = ("root", "progress_bar", "wandb", "wandb_project", "resume", "overwrite", "kill_after_steps")
 # recorded in config.yaml next to the config, not part of it
-RECORD_KEYS = ("versions", "started_config")
+RECORD_KEYS = ("versions", "provenance", "started_config")
 MISSING = "(missing)"
 
 

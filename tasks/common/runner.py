@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import runformat as rf
 import torch
 
-from .config import config_dict, software_versions
+from .config import config_dict, provenance, software_versions
 from .identity import RunConflict, differences
 from .rundir import RunDir
 from .trainer import checkpoint_step
@@ -82,7 +82,7 @@ def get_task(name: str) -> Task:
 
 def resolved_config(cfg) -> Dict:
     """What config.yaml records: every config key, then the software versions."""
-    return {**config_dict(cfg), "versions": software_versions()}
+    return {**config_dict(cfg), "versions": software_versions(), "provenance": provenance()}
 
 
 def conflict(cfg) -> Optional[RunConflict]:
