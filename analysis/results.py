@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from analysis.load import load_runs
-from analysis.tables import accuracy_table, table_markdown
+from analysis.tables import accuracy_table, comparison_markdown, table_markdown, weights_by_batch, weights_markdown
 
 CREATE_HINT = ("Create runs first, e.g.: python -m tasks.classify --experiment table2-quick "
                "(or bash scripts/run.sh for all quick experiments)")
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-stats", choices=("batch_average", "moving_average"), default=None,
                         help="only runs evaluated with these statistics (default: all)")
     parser.add_argument("--digits", type=int, default=1, help="decimals shown (default: 1)")
+    parser.add_argument("--paper", action="store_true",
+                        help="also print our table beside the paper's Table 2 and SN's weights per batch setting (Fig. 4)")
     return parser
 
 
@@ -49,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"No finished classification runs under {where}.\n{CREATE_HINT}", file=sys.stderr)
         return 1
     print(text, end="")
+    if args.paper:
+        print("\n" + comparison_markdown(table, digits=args.digits), end="")
+        print("\nSN's importance weights per batch setting (Fig. 4):\n\n" + weights_markdown(weights_by_batch(data.weights)),
+              end="")
     return 0
 
 

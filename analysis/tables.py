@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from analysis.aggregate import order_batches
+from analysis.aggregate import average_weights, order_batches, order_ops
 from runformat import parse_batch
 
 NORM_ORDER = ("bn", "gn", "in", "ln", "sn", "sn-inln", "sn-lngn", "sn-all", "none")
@@ -40,25 +40,39 @@ def accuracy_table(runs: pd.DataFrame, metric: str = "test_acc", diffs=DEFAULT_D
         raise ValueError(f"diffs must be pairs of norm names, got {diffs!r}")
     column = f"final_{metric}"
     data = _classify_runs(runs, column, eval_stats)
-    cells, counts = {}, {}
+    cells, counts, stds = {}, {}, {}
     for (norm, batch), group in data.groupby(["norm", "batch"]):
         values = pd.to_numeric(group[column], errors="coerce").dropna()
         if len(values):
             cells[(norm, batch)] = 100.0 * float(values.mean())
             counts[(norm, batch)] = int(len(values))
+            stds[(norm, batch)] = 100.0 * float(values.std(ddof=1)) if len(values) > 1 else math.nan
     batches = order_batches(data["batch"])
     rows, marked = _norm_rows(cells, batches)
     table = pd.DataFrame(rows, index=batches).T if rows else pd.DataFrame(columns=batches, dtype=float)
     table = table.reindex(columns=batches).astype(float)
-    diff_rows = []
+    std_rows, _ = _norm_rows(stds, batches)
+    n_rows, _ = _norm_rows(counts, batches)
+    std = pd.DataFrame(std_rows, index=batches).T.reindex(index=table.index, columns=batches).astype(float) \
+        if std_rows else table * math.nan
+    n = pd.DataFrame(n_rows, index=batches).T.reindex(index=table.index, columns=batches).astype(float) \
+        if n_rows else table * math.nan
+    diff_rows, noise = [], []
     for a, b in diffs:
         if a.upper() in rows and b.upper() in rows:
-            diff_rows.append(f"{a.upper()}-{b.upper()}")
-            table.loc[diff_rows[-1]] = table.loc[a.upper()] - table.loc[b.upper()]
+            name = f"{a.upper()}-{b.upper()}"
+            diff_rows.append(name)
+            table.loc[name] = table.loc[a.upper()] - table.loc[b.upper()]
+            # the standard error of a difference of two means over seeds; NaN with one seed
+            se = (std.loc[a.upper()] ** 2 / n.loc[a.upper()] + std.loc[b.upper()] ** 2 / n.loc[b.upper()]) ** 0.5
+            std.loc[name] = se
+            noise += [(name, c) for c in batches if pd.notna(se[c]) and abs(table.loc[name, c]) <= 2 * se[c]]
     table.index.name = "norm"
     table.attrs["marked"] = marked
     table.attrs["diff_rows"] = diff_rows
     table.attrs["counts"] = {f"{n} {b}": c for (n, b), c in counts.items()}
+    table.attrs["std"] = std  # per cell: the std over seeds (difference rows: the difference's standard error)
+    table.attrs["within_noise"] = noise  # difference cells within two standard errors of 0
     table.attrs["footnotes"] = [FOOTNOTE.format(cols=", ".join(c for _, c in marked))] if marked else []
     if eval_stats is None and "eval_stats" in data.columns and data["eval_stats"].nunique() > 1:
         table.attrs["footnotes"].append(
@@ -66,8 +80,13 @@ def accuracy_table(runs: pd.DataFrame, metric: str = "test_acc", diffs=DEFAULT_D
     return table
 
 
-def table_markdown(table: pd.DataFrame, digits: int = 1) -> str:
-    """The table as GitHub markdown: "76.9", signed differences, "–" for missing, "*" marks."""
+def table_markdown(table: pd.DataFrame, digits: int = 1, spread: bool = True) -> str:
+    """The table as GitHub markdown: "76.9", signed differences, "–" for missing, "*" marks.
+
+    With ``spread`` and several seeds a cell reads "mean ± std" (difference rows: "± the
+    standard error of the difference"), and a difference within two standard errors of 0 is
+    marked "~" (within noise).
+    """
     if not isinstance(digits, int) or digits < 0:
         raise ValueError(f"digits must be a non-negative integer, got {digits!r}")
     if table.empty:
@@ -76,11 +95,21 @@ def table_markdown(table: pd.DataFrame, digits: int = 1) -> str:
     diff_rows = set(table.attrs.get("diff_rows", []))
     header = "| norm | " + " | ".join(str(c) for c in table.columns) + " |"
     lines = [header, "|" + " --- |" * (len(table.columns) + 1)]
+    std = table.attrs.get("std") if spread else None
+    noise = set(table.attrs.get("within_noise", [])) if spread else set()
     for name, row in table.iterrows():
-        cells = [_format(v, digits, name in diff_rows) + ("*" if (name, c) in marked else "")
-                 for c, v in row.items()]
+        cells = []
+        for c, v in row.items():
+            text = _format(v, digits, name in diff_rows)
+            err = std.loc[name, c] if std is not None and name in std.index and c in std.columns else math.nan
+            if pd.notna(err) and pd.notna(v):
+                text += f" ± {err:.{digits}f}"
+            cells.append(text + ("*" if (name, c) in marked else "") + (" ~" if (name, c) in noise else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    notes = table.attrs.get("footnotes", [])
+    notes = list(table.attrs.get("footnotes", []))
+    if std is not None and std.notna().any().any():
+        notes.append("Cells: mean ± standard deviation over seeds; difference rows: ± the standard error "
+                     "of the difference." + (" \"~\": within two standard errors of 0 (noise)." if noise else ""))
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
@@ -140,3 +169,90 @@ def _format(value: float, digits: int, signed: bool) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "\u2013"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+# The paper's Table 2 (Luo et al., ICLR 2019): top-1 accuracy (%) on ImageNet, ResNet-50, 100
+# epochs; None: BN did not converge at (8, 1). SN at (8, 1) is SN without BN (IN and LN).
+PAPER_TABLE2 = {
+    "BN": {"8x32": 76.4, "8x16": 76.3, "8x8": 75.2, "8x4": 72.7, "8x2": 65.3, "1x16": 76.2, "1x32": 76.5,
+           "8x1": None, "1x8": 75.4},
+    "GN": {"8x32": 75.9, "8x16": 75.8, "8x8": 76.0, "8x4": 75.8, "8x2": 75.9, "1x16": 75.9, "1x32": 75.8,
+           "8x1": 75.5, "1x8": 75.5},
+    "SN": {"8x32": 76.9, "8x16": 76.7, "8x8": 76.7, "8x4": 75.9, "8x2": 75.6, "1x16": 76.3, "1x32": 76.6,
+           "8x1": 75.0, "1x8": 75.9},
+}
+
+
+def paper_table(columns=None) -> pd.DataFrame:
+    """The paper's Table 2 (ImageNet, ResNet-50) as a frame like :func:`accuracy_table`'s, with
+    its SN-BN and SN-GN rows; ``columns``: keep these batch settings (in this order)."""
+    table = pd.DataFrame(PAPER_TABLE2).T.astype(float)
+    table = table.reindex(columns=order_batches(table.columns))
+    table.loc["SN-BN"] = table.loc["SN"] - table.loc["BN"]
+    table.loc["SN-GN"] = table.loc["SN"] - table.loc["GN"]
+    if columns is not None:
+        table = table.reindex(columns=list(columns))
+    table.index.name = "norm"
+    table.attrs["diff_rows"] = ["SN-BN", "SN-GN"]
+    table.attrs["marked"] = [("SN", "8x1")] if columns is None or "8x1" in list(columns) else []
+    table.attrs["footnotes"] = ["The paper's Table 2: ImageNet top-1 (%), ResNet-50, 100 epochs; \u2013 at 8x1: "
+                                "BN did not converge; (*) SN without BN."]
+    return table
+
+
+def comparison_markdown(ours: pd.DataFrame, digits: int = 1) -> str:
+    """Our table beside the paper's for the batch settings we have: each cell "ours | paper"
+    for the rows both have (the paper measured ImageNet with ResNet-50, so compare the pattern
+    across settings and norms, not the levels)."""
+    if ours.empty:
+        return "_No finished classification runs to compare._"
+    paper = paper_table(ours.columns)
+    rows = [r for r in ours.index if r in paper.index]
+    diff_rows = set(ours.attrs.get("diff_rows", []))
+    lines = ["| norm | " + " | ".join(f"{c} ours / paper" for c in ours.columns) + " |",
+             "|" + " --- |" * (len(ours.columns) + 1)]
+    for name in rows:
+        cells = [f"{_format(ours.loc[name, c], digits, name in diff_rows)} / "
+                 f"{_format(paper.loc[name, c], digits, name in diff_rows)}" for c in ours.columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", "Ours: this suite's runs (mean over seeds). Paper: Table 2 of Luo et al. "
+                                   "(ImageNet, ResNet-50, 100 epochs)."]) + "\n"
+
+
+def weights_by_batch(weights: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 4 as a table: the average importance weight of each op (columns ``(stat, op)``) per
+    batch setting (rows, paper order) of the classification runs with SN layers, averaged as
+    :func:`analysis.aggregate.average_weights` does (over each run's layers, then its runs)."""
+    if "task" in weights.columns:
+        weights = weights[weights["task"].eq("classify")]
+    weights = weights[weights["batch"].notna()] if "batch" in weights.columns else weights.iloc[0:0]
+    avg = average_weights(weights, "batch")
+    if avg.empty:
+        return pd.DataFrame()
+    table = avg.pivot_table(index="batch", columns=["stat", "op"], values="weight")
+    cols = [(s, o) for s in ("mean", "var") for o in order_ops(avg["op"]) if (s, o) in table.columns]
+    table = table.reindex(index=order_batches(avg["batch"]), columns=pd.MultiIndex.from_tuples(cols))
+    table[("runs", "")] = avg.groupby("batch")["n_runs"].max().reindex(table.index)
+    return table
+
+
+def weights_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """:func:`weights_by_batch` as markdown, with the Fig. 4 gap (mean BN weight at the largest
+    per-device batch minus that at the smallest one that has a BN branch)."""
+    if table.empty:
+        return "_No SN classification runs with importance weights._"
+    cols = [c for c in table.columns if c != ("runs", "")]
+    lines = ["| batch | " + " | ".join(f"{op.upper()} {stat}" for stat, op in cols) + " | runs |",
+             "|" + " --- |" * (len(cols) + 2)]
+    for batch, row in table.iterrows():
+        cells = [_format(row[c], digits, False) for c in cols]
+        lines.append(f"| {batch} | " + " | ".join(cells) + f" | {int(row[('runs', '')])} |")
+    if ("mean", "bn") in table.columns:
+        bn = table[("mean", "bn")].dropna()
+        bn = bn[[parse_batch(b)[1] > 1 for b in bn.index]]
+        if len(bn) >= 2:
+            big = max(bn.index, key=lambda b: (parse_batch(b)[1], parse_batch(b)[0]))
+            small = min(bn.index, key=lambda b: (parse_batch(b)[1], parse_batch(b)[0]))
+            lines += ["", f"Mean BN weight at {big} minus at {small}: {bn[big] - bn[small]:+.{digits}f} "
+                          f"({bn[big]:.{digits}f} vs {bn[small]:.{digits}f})."]
+    return "\n".join(lines) + "\n"

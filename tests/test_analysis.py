@@ -318,11 +318,15 @@ def test_table2_by_hand(data):
     assert math.isnan(table.loc["BN", "8x1"])  # BN failed at 8x1
     assert table.loc["SN-GN", "8x1"] == pytest.approx(-2.0)
     assert table.attrs["marked"] == [("SN", "8x1")]
-    assert table_markdown(table) == (
+    assert table_markdown(table, spread=False) == (
         "| norm | 8x4 | 8x1 |\n| --- | --- | --- |\n| BN | 80.0 | \u2013 |\n| GN | 82.0 | 78.0 |\n"
         "| SN | 86.0 | 76.0* |\n| SN-BN | +6.0 | \u2013 |\n| SN-GN | +4.0 | -2.0 |\n\n"
         "(*) For 8x1, SN is sn-inln (IN and LN, without BN), as BN is the same as IN when each "
         "device holds a single sample.\n")
+    # with the spread over seeds: SN at 8x4 has seeds 85 and 87, std sqrt(2) = 1.4; one seed shows none
+    text = table_markdown(table)
+    assert "| SN | 86.0 \u00b1 1.4 | 76.0* |" in text and "| BN | 80.0 | \u2013 |" in text
+    assert "mean \u00b1 standard deviation over seeds" in text
 
 
 def test_table2_options(data, tmp_path):
@@ -347,7 +351,7 @@ def test_results_command_prints_the_table(root, tmp_path, capsys):
     assert results.main(["--root", str(root), "--experiment", "sweep"]) == 0
     out, err = capsys.readouterr()
     assert out == table_markdown(accuracy_table(load_runs(root, "sweep").runs))
-    assert "| SN | 86.0 | 76.0* |" in out and "format_version 2" in err
+    assert "| SN | 86.0 \u00b1 1.4 | 76.0* |" in out and "format_version 2" in err
     assert results.main(["--root", str(tmp_path / "none")]) == 1
     assert "python -m tasks.classify --experiment table2-quick" in capsys.readouterr().err
     assert results.main(["--root", str(root), "--metric", "nope"]) == 2

@@ -137,3 +137,70 @@ def test_empty_weights_give_figures_that_say_so():
     empty = pd.DataFrame(columns=["run_id", "step", "layer", "stat", "op", "weight"])
     for fig in (fig_layer_heatmap(empty), fig_network_trajectory(empty), fig_deviation(empty)):
         assert not fig.data and fig.layout.annotations
+
+
+# ----------------------------------------------------------------------------- Table 2 spread, paper, Fig. 4
+
+
+def _runs(cells):
+    """A runs frame of finished classify runs: cells = [(norm, batch, [test accs over seeds])]."""
+    rows = [{"run_id": f"e/{n}_{b}_s{i}", "task": "classify", "status": "finished", "norm": n, "batch": b,
+             "final_test_acc": acc} for n, b, accs in cells for i, acc in enumerate(accs)]
+    return pd.DataFrame(rows)
+
+
+def test_difference_within_noise_is_marked():
+    from analysis.tables import accuracy_table, table_markdown
+
+    # SN (0.90, 0.92): mean 91, std sqrt(2); BN (0.89, 0.91): mean 90, std sqrt(2)
+    # SN-BN = +1.0, standard error sqrt(2/2 + 2/2) = sqrt(2) = 1.41 -> within 2 SE: noise
+    # at 8x2: SN (0.90, 0.90) std 0, BN (0.60, 0.62) std sqrt(2): +29.0, SE 1.0 -> not noise
+    runs = _runs([("sn", "8x32", [0.90, 0.92]), ("bn", "8x32", [0.89, 0.91]),
+                  ("sn", "8x2", [0.90, 0.90]), ("bn", "8x2", [0.60, 0.62])])
+    table = accuracy_table(runs, diffs=(("sn", "bn"),))
+    assert table.loc["SN-BN", "8x32"] == pytest.approx(1.0)
+    assert table.attrs["std"].loc["SN", "8x32"] == pytest.approx(2 ** 0.5)
+    assert table.attrs["std"].loc["SN-BN", "8x32"] == pytest.approx(2 ** 0.5)
+    assert table.attrs["std"].loc["SN-BN", "8x2"] == pytest.approx(1.0)
+    assert table.attrs["within_noise"] == [("SN-BN", "8x32")]
+    text = table_markdown(table)
+    assert "| SN-BN | +1.0 \u00b1 1.4 ~ | +29.0 \u00b1 1.0 |" in text and "within two standard errors" in text
+
+
+def test_paper_table_holds_the_published_numbers():
+    from analysis.tables import comparison_markdown, accuracy_table, paper_table
+
+    paper = paper_table()
+    # Table 2 of Luo et al.: BN 76.4 / GN 75.9 / SN 76.9 at (8, 32); BN 65.3 at (8, 2); SN-BN +10.3 there
+    assert paper.loc["BN", "8x32"] == 76.4 and paper.loc["SN", "8x32"] == 76.9 and paper.loc["GN", "8x32"] == 75.9
+    assert paper.loc["BN", "8x2"] == 65.3 and paper.loc["SN-BN", "8x2"] == pytest.approx(10.3)
+    assert pd.isna(paper.loc["BN", "8x1"]) and paper.loc["SN", "8x1"] == 75.0
+    assert list(paper.columns[:5]) == ["8x32", "8x16", "8x8", "8x4", "8x2"]
+    ours = accuracy_table(_runs([("sn", "8x32", [0.9]), ("bn", "8x32", [0.8]), ("sn", "8x2", [0.85]),
+                                 ("bn", "8x2", [0.5])]), diffs=(("sn", "bn"),))
+    text = comparison_markdown(ours)
+    assert "| SN | 90.0 / 76.9 | 85.0 / 75.6 |" in text and "| SN-BN | +10.0 / +0.5 | +35.0 / +10.3 |" in text
+
+
+def test_weights_by_batch_and_the_fig4_gap(weights):
+    from analysis.tables import weights_by_batch, weights_markdown
+
+    table = weights_by_batch(weights)
+    # 8x4: sn-8x4 final BN means (.5 .6 .6 .3) -> 0.5, sn-8x4-seed2 all 0.6 -> mean over runs 0.55
+    assert table.loc["8x4", ("mean", "bn")] == pytest.approx(0.55)
+    # 8x2: the running run's last complete step (100): BN mean 0.4 in both layers
+    assert table.loc["8x2", ("mean", "bn")] == pytest.approx(0.4)
+    # 8x1: sn-inln has no BN: BN absent, IN 0.4
+    assert pd.isna(table.loc["8x1", ("mean", "bn")]) and table.loc["8x1", ("mean", "in")] == pytest.approx(0.4)
+    text = weights_markdown(table)
+    assert "Mean BN weight at 8x4 minus at 8x2: +0.150 (0.550 vs 0.400)." in text
+
+
+def test_results_command_with_the_paper(tmp_path, capsys):
+    from analysis import results
+
+    root = write_fixture_runs(tmp_path / "runs")
+    assert results.main(["--root", str(root), "--experiment", "sweep", "--paper"]) == 0
+    out = capsys.readouterr().out
+    assert "8x4 ours / paper" in out and "| SN | 86.0 / 75.9 |" in out  # the paper's SN at (8, 4): 75.9
+    assert "Mean BN weight at 8x4 minus at 8x2: +0.150" in out
