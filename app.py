@@ -1,10 +1,12 @@
 """Dashboard of Switchable Normalization runs: ``streamlit run app.py``.
 
-What SN learned (importance weights per task, batch setting, block and over training), what it
-bought (the Table 2 analogue, learning curves), and each run on its own. Reads the run
+What SN learned (importance weights per task, batch setting, block, layer and over training),
+what it bought (the Table 2 analogue, learning curves), and each run on its own. Reads your run
 directories under a root (default ``runs/``; the env var ``SN_RUNS_ROOT`` or the sidebar
-override it). Only widgets, caching and layout live here; loading, figures and tables are
-in ``analysis/``.
+override it) and, beside them, the reference results committed in ``results/`` (the env var
+``SN_REFERENCE_ROOT`` moves them; a sidebar switch hides them). While runs train, the page
+reloads itself when their files change. Only widgets, caching and layout live here; loading,
+figures and tables are in ``analysis/``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import streamlit as st
 
 from analysis import figures, tables
 from analysis.aggregate import final_weights, order_batches
-from analysis.load import RunData, files_signature, list_samples, load_runs, read_architectures
+from analysis.load import REFERENCE, RunData, files_signature, list_samples, load_sources, read_architectures
+
+REFERENCE_ROOT = Path(__file__).resolve().parent / "results"
+REFRESH_SECONDS = 15
 
 CREATE_COMMANDS = """\
 bash scripts/run.sh        # set up, run the quick experiments of all three tasks, open this dashboard
@@ -25,13 +30,25 @@ bash scripts/run.sh        # set up, run the quick experiments of all three task
 python -m tasks.classify --experiment table2-quick
 python -m tasks.stylize --experiment stylize-quick
 python -m tasks.enas --experiment enas-quick"""
-RUN_COLUMNS = ["run_id", "task", "norm", "batch", "status", "wall_time_s"]
+RUN_COLUMNS = ["run_id", "source", "task", "norm", "batch", "status", "wall_time_s"]
 
 
 @st.cache_data(show_spinner="Loading runs...")
-def load(root: str, signature: tuple) -> RunData:
-    """All runs under ``root``; ``signature`` (file paths, mtimes, sizes) keys the cache."""
-    return load_runs(root)
+def load(root: str, reference_root: str | None, signature: tuple) -> RunData:
+    """Your runs under ``root`` and the reference results under ``reference_root`` (None: none);
+    ``signature`` (file paths, mtimes, sizes of both) keys the cache."""
+    return load_sources(root, reference_root)
+
+
+def signature_of(root: str, reference_root: str | None) -> tuple:
+    return files_signature(root), files_signature(reference_root) if reference_root else ()
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def watch(root: str, reference_root: str | None, seen: tuple) -> None:
+    """Every few seconds: when a run file changed since this page was drawn, draw it again."""
+    if signature_of(root, reference_root) != seen:
+        st.rerun()
 
 
 def pick(label: str, options: list, key: str, help_text: str | None = None) -> list:
@@ -93,6 +110,23 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
     depth = st.number_input("Block = first N parts of the layer name", 1, 6, 1, key="block_depth",
                             help="1: 'layer2.0.bn1' belongs to block 'layer2' (a ResNet stage)")
     st.plotly_chart(figures.fig_block_weights(weights[weights["run_id"].eq(run_id)], int(depth)), key="fig3")
+    layer_views(weights, with_weights)
+
+
+def layer_views(weights: pd.DataFrame, run_ids: list) -> None:
+    """Small differences made visible: per-layer heatmap, distance from uniform, whole network."""
+    st.subheader("Per layer: which layers moved away from uniform")
+    st.caption("A network's average can stay near 1/K while its layers move apart: the heatmap colours each "
+               "layer's weight minus the uniform 1/K (blue above, red below; the numbers are the weights), the "
+               "bars give each layer's distance from uniform, 0.5 \u00b7 \u03a3|w - 1/K| (0: uniform).")
+    run_id = st.selectbox("Run", run_ids, key="layer_run")
+    relative = st.toggle("Colour the distance from uniform (off: the weights)", value=True, key="layer_relative")
+    one = weights[weights["run_id"].eq(run_id)]
+    st.plotly_chart(figures.fig_layer_heatmap(one, relative=relative), key="layer_heatmap")
+    by = st.radio("Distance from uniform per", ["layer", "block"], horizontal=True, key="deviation_by")
+    st.plotly_chart(figures.fig_deviation(one, by=by, block_of=1), key="deviation")
+    chosen = st.multiselect("Runs over training", run_ids, default=[run_id], key="trajectory_runs")
+    st.plotly_chart(figures.fig_network_trajectory(weights, run_ids=chosen or [run_id]), key="network_trajectory")
 
 
 def tab_results(runs: pd.DataFrame, metrics: pd.DataFrame) -> None:
@@ -103,9 +137,12 @@ def tab_results(runs: pd.DataFrame, metrics: pd.DataFrame) -> None:
         left, right = st.columns(2)
         metric = left.selectbox("Metric", ["test_acc", "best_val_acc"])
         eval_stats = right.selectbox("Evaluation statistics", ["all", "batch_average", "moving_average"])
+        beside = st.toggle("Beside the paper's Table 2 (ImageNet, ResNet-50)", value=False, key="beside_paper")
         try:
             table = tables.accuracy_table(runs, metric=metric, eval_stats=None if eval_stats == "all" else eval_stats)
             st.markdown(tables.table_markdown(table))
+            if beside and not table.empty:
+                st.markdown(tables.comparison_markdown(table))
         except ValueError as err:
             st.warning(str(err))
         st.subheader("Learning curves (Fig. 2)")
@@ -183,18 +220,35 @@ def main() -> None:
     st.set_page_config(page_title="Switchable Normalization", layout="wide")
     st.title("Switchable Normalization: what it learned")
     root = st.sidebar.text_input("Runs root directory", os.environ.get("SN_RUNS_ROOT", "runs"))
+    reference_root = os.environ.get("SN_REFERENCE_ROOT", str(REFERENCE_ROOT))
+    have_reference = Path(reference_root).is_dir() and any(Path(reference_root).iterdir())
+    show_reference = have_reference and st.sidebar.toggle(
+        "Show reference results", value=True, key="show_reference",
+        help=f"finished runs committed with the suite in {reference_root}, labelled '(reference)'")
+    refresh = st.sidebar.toggle("Reload when runs change", value=True, key="auto_refresh",
+                                help=f"checks the run files every {REFRESH_SECONDS} s")
+    ref = reference_root if show_reference else None
     try:
-        data = load(root, files_signature(root))
+        seen = signature_of(root, ref)
+        data = load(root, ref, seen)
     except (ValueError, TypeError, OSError) as err:
         st.error(f"Cannot read runs from {root!r}: {err}")
         return
+    if refresh:
+        watch(root, ref, seen)
+    yours = data.runs[data.runs["source"].ne(REFERENCE)] if not data.runs.empty else data.runs
     if data.runs.empty:
-        st.info(f"No runs under `{root}` yet. Create some (results land in `runs/`), then reload:")
+        st.info(f"No runs under `{root}` yet. Create some (results land in `runs/`); they appear here as they train:")
         st.code(CREATE_COMMANDS, language="bash")
         return
+    if yours.empty:
+        st.info(f"Showing the reference results (labelled '(reference)'). Your runs under `{root}` appear "
+                "beside them as they train; create some with:")
+        st.code(CREATE_COMMANDS, language="bash")
     show_warnings(data.warnings)
     runs = sidebar_filters(data.runs)
-    st.sidebar.caption(f"{len(runs)} of {len(data.runs)} runs selected")
+    st.sidebar.caption(f"{len(runs)} of {len(data.runs)} runs selected"
+                       + (f" ({int(data.runs['source'].eq(REFERENCE).sum())} reference)" if show_reference else ""))
     if runs.empty:
         st.info("No runs match the filters.")
         return

@@ -18,8 +18,11 @@ def root(tmp_path):
     return write_fixture_runs(tmp_path / "runs")
 
 
-def start(monkeypatch, root) -> AppTest:
+def start(monkeypatch, root, reference=None) -> AppTest:
+    """The app on the runs under ``root`` and the reference results under ``reference`` (None:
+    a folder that does not exist, so that the repository's own results/ stay out)."""
     monkeypatch.setenv("SN_RUNS_ROOT", str(root))
+    monkeypatch.setenv("SN_REFERENCE_ROOT", str(reference or Path(root).parent / "no-reference-results"))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -58,7 +61,7 @@ def test_renders_every_figure_with_runs(monkeypatch, root):
     assert dict(zip(in_mean["x"], in_mean["y"])) == pytest.approx({"classify": 1.1 / 4, "stylize": 0.7})
     assert len(runs_table(at)) == 14
     table = [m.value for m in at.markdown if m.value.startswith("| norm |")]
-    assert len(table) == 1 and "| SN | 86.0 | 76.0* |" in table[0]
+    assert len(table) == 1 and "| SN | 86.0 \u00b1 1.4 | 76.0* |" in table[0]
     notes = at.sidebar.expander[0]
     assert "3 loading note(s)" in notes.label and any("format_version 2" in c.value for c in notes.caption)
 
