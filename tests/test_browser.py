@@ -53,12 +53,17 @@ def svg_texts(page, selector: str) -> list[str]:
     return page.eval_on_selector_all(selector, "els => els.map(e => e.textContent)")
 
 
-@pytest.fixture
-def dashboard(tmp_path):
-    """A running `streamlit run app.py` on fixture runs; yields its URL."""
-    root = write_fixture_runs(tmp_path / "runs")
+@pytest.fixture(params=["yours"])
+def dashboard(request, tmp_path):
+    """A running `streamlit run app.py`; yields its URL. ``"yours"``: fixture runs as the user's
+    runs, no reference results; ``"reference"``: the fixture runs as reference results (the
+    results/ folder) and no user runs."""
+    fixture = write_fixture_runs(tmp_path / ("runs" if request.param == "yours" else "results"))
+    root = fixture if request.param == "yours" else tmp_path / "runs"
+    reference = fixture if request.param == "reference" else tmp_path / "no-reference-results"
     port = free_port()
-    env = {**os.environ, "SN_RUNS_ROOT": str(root), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env = {**os.environ, "SN_RUNS_ROOT": str(root), "SN_REFERENCE_ROOT": str(reference),
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
@@ -121,3 +126,31 @@ def test_dashboard_shows_charts_in_chromium(dashboard, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (Debian package chromium)")
+@pytest.mark.parametrize("dashboard", ["reference"], indirect=True)
+def test_reference_results_without_user_runs_in_chromium(dashboard, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 3200})
+        try:
+            page = browser.new_page()
+            page.goto(dashboard, wait_until="domcontentloaded", timeout=60_000)
+            page.get_by_text("Showing the reference results", exact=False).wait_for(timeout=90_000)
+            page.wait_for_function(  # Fig. 1c, 4, 3 bars and the per-layer heatmap
+                "document.querySelectorAll('.js-plotly-plot g.trace.bars path').length >= 10"
+                " && document.querySelectorAll('.js-plotly-plot g.hm').length >= 1", timeout=90_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(tmp_path / "reference.png"), full_page=True)
+            titles = svg_texts(page, ".js-plotly-plot .gtitle")
+            assert any("Fig. 1c" in t for t in titles), titles
+            assert any(t.startswith("Importance weights per layer") and "reference/" in t for t in titles), titles
+            assert page.locator(ERROR_SELECTORS).count() == 0
+            body = page.inner_text("body")
+            assert "Traceback" not in body and "Exception" not in body, body[:2000]
+        finally:
+            browser.close()
