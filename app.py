@@ -117,7 +117,7 @@ def layer_views(weights: pd.DataFrame, run_ids: list) -> None:
     """Small differences made visible: per-layer heatmap, distance from uniform, whole network."""
     st.subheader("Per layer: which layers moved away from uniform")
     st.caption("A network's average can stay near 1/K while its layers move apart: the heatmap colours each "
-               "layer's weight minus the uniform 1/K (blue above, red below; the numbers are the weights), the "
+               "layer's weight minus the uniform 1/K (red above, blue below; the numbers are the weights), the "
                "bars give each layer's distance from uniform, 0.5 \u00b7 \u03a3|w - 1/K| (0: uniform).")
     run_id = st.selectbox("Run", run_ids, key="layer_run")
     relative = st.toggle("Colour the distance from uniform (off: the weights)", value=True, key="layer_relative")
