@@ -7,16 +7,19 @@
 #   SN_RUNS_ROOT=/path bash scripts/run.sh      # where your run directories go (default runs/)
 #   SN_REFERENCE_ROOT=/path                     # the reference results shown beside them (default results/)
 #   SN_PORT=8501                                # the dashboard's port
+#   SN_LOG_DIR=logs                             # where the dashboard's (and a second grid part's) log goes
+#   SN_SKIP_SETUP=1                             # skip scripts/setup.sh (the .venv is ready)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh
+[ -n "${SN_SKIP_SETUP:-}" ] || bash scripts/setup.sh
 PY=.venv/bin/python
 ROOT="${SN_RUNS_ROOT:-runs}"
 PORT="${SN_PORT:-8501}"
 export SN_RUNS_ROOT="$ROOT"
 export SN_REFERENCE_ROOT="${SN_REFERENCE_ROOT:-results}"
-mkdir -p "$ROOT" logs
-DASHBOARD_LOG=logs/dashboard.log
+LOGS="${SN_LOG_DIR:-logs}"
+mkdir -p "$ROOT" "$LOGS"
+DASHBOARD_LOG="$LOGS/dashboard.log"
 
 echo "== 1/5 the dashboard =="
 .venv/bin/streamlit run app.py --server.headless true --server.port "$PORT" \
@@ -41,16 +44,16 @@ if [ -z "${SN_SKIP_EXPERIMENTS:-}" ]; then
     # configuration stops a grid before it starts (exit 2, naming the keys): keep going.
     echo "== 3/5 classification, Table 2 at CPU scale (python -m tasks.classify --experiment table2-quick) =="
     # table2-quick runs each run on one thread: two parts of its grid side by side use both cores
-    # (the second part's output goes to logs/table2-quick-part2.log)
+    # (the second part's output goes to $LOGS/table2-quick-part2.log)
     (for runs in '*_8x2_*' '*_8x1_*'; do
         "$PY" -m tasks.classify --experiment table2-quick --root "$ROOT" --runs "$runs" || true
-     done) >logs/table2-quick-part2.log 2>&1 &
+     done) >"$LOGS/table2-quick-part2.log" 2>&1 &
     PART2=$!
     for runs in '*_8x32_*' '*_8x8_*' '*_1x16_*'; do
         "$PY" -m tasks.classify --experiment table2-quick --root "$ROOT" --runs "$runs" || echo "(a table2-quick run did not complete; see above)"
     done
     wait "$PART2" || true
-    echo "   (the second part's log: logs/table2-quick-part2.log)"
+    echo "   (the second part's log: $LOGS/table2-quick-part2.log)"
     "$PY" -m analysis.results --root "$ROOT" --experiment table2-quick || true
     echo "== 4/5 style transfer, in/bn/sn (python -m tasks.stylize --experiment stylize-quick) =="
     "$PY" -m tasks.stylize --experiment stylize-quick --root "$ROOT" || echo "(stylize-quick did not complete; see above)"
