@@ -1,26 +1,30 @@
 """The Triton kernels (sn.triton_kernels, implementation="triton") against float64 maths and the
 composite form: outputs, gradients and running statistics, in float32, float16 and bfloat16,
-contiguous and channels_last, training and eval. On a machine without a GPU they run in
-Triton's interpreter (TRITON_INTERPRET=1) on CPU tensors; on a GPU, on the GPU."""
-import importlib
+contiguous and channels_last, training and eval. On a GPU they run on the GPU. Without one they
+run in Triton's interpreter on CPU tensors, which must be switched on (TRITON_INTERPRET=1)
+before anything imports triton (torch's compiler, timm and torchvision may have done so in this
+process): test_the_kernels_in_triton_s_interpreter runs this file again in a process of its own
+with it on, and the kernel tests here are skipped in the parent process for that reason."""
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # (read when the kernels are defined: before the import below)
 triton = pytest.importorskip("triton", reason="the Triton kernels need the triton package (it ships with torch)")
 
 import sn  # noqa: E402
 from sn import functional as SNF  # noqa: E402
 from sn_reference import reference_switch_norm  # noqa: E402
 
-if "sn.triton_kernels" in sys.modules:  # defined earlier without the interpreter: define them again
-    importlib.reload(sys.modules["sn.triton_kernels"])
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ON_GPU = torch.cuda.is_available()
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if ON_GPU else "cpu"
+kernels = pytest.mark.skipif(
+    not (ON_GPU or INTERPRETED),
+    reason="no GPU: test_the_kernels_in_triton_s_interpreter runs these in a process with TRITON_INTERPRET=1")
 CASES = [  # (stats, devices, groups)
     (("in", "ln", "bn"), 1, None),
     (("in", "ln", "bn", "gn"), 2, 4),
@@ -58,6 +62,7 @@ def _reference(layer, x, running):
                                  bn_mean=bn[0], bn_var=bn[1])
 
 
+@kernels
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("stats,devices,groups", CASES)
@@ -88,6 +93,7 @@ def test_training_outputs_gradients_and_running_stats(stats, devices, groups, dt
                                    rtol=1e-2 if scale > 1 else 1e-5)
 
 
+@kernels
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("stats,devices,groups", CASES)
 def test_eval_with_and_without_grad(stats, devices, groups, channels_last):
@@ -99,21 +105,23 @@ def test_eval_with_and_without_grad(stats, devices, groups, channels_last):
     torch.testing.assert_close(layer(x.clone().requires_grad_()).detach(), out, atol=1e-6, rtol=1e-6)
 
 
+@kernels
 def test_large_offsets_and_tiny_maps_stay_accurate():
     layer = _layer(("in", "ln", "bn"), 1, None)
     for shape, offset in (((4, 8, 6, 6), 1e3), ((2, 8, 1, 1), 5.0), ((1, 8, 3, 3), 0.0)):
         x = _input(torch.float32, False, seed=4, shape=shape, offset=offset)
         out = layer(x)
         assert torch.isfinite(out).all()
-        tol = 4 * offset * 2.0 ** -23 * float(layer.weight.abs().max()) + 5e-5
+        tol = 4 * offset * 2.0 ** -23 * float(layer.weight.detach().abs().max()) + 5e-5
         assert (out.double().cpu() - _reference(layer, x, running=False)).abs().max() < tol
 
 
+@kernels
 def test_the_triton_path_is_taken_and_is_opt_in(monkeypatch):
     x3 = _input(torch.float32, False).reshape(4, 8, -1)
     assert SNF.select_implementation(x3, requested="triton") == "triton"
     assert SNF.select_implementation(x3) != "triton"  # "auto" never picks it (no GPU measurement yet)
-    kernels = sys.modules["sn.triton_kernels"]
+    from sn import triton_kernels as kernels
     calls = []
     for name in ("row_moments", "apply_rows", "row_grad_sums", "grad_rows"):
         original = getattr(kernels, name)
@@ -122,6 +130,7 @@ def test_the_triton_path_is_taken_and_is_opt_in(monkeypatch):
     assert calls == ["row_moments", "apply_rows", "row_grad_sums", "grad_rows"]  # four passes over the data
 
 
+@kernels
 def test_triton_where_it_cannot_run_is_a_clear_error(monkeypatch):
     layer = _layer(("in", "ln", "bn"), 1, None).double()
     with pytest.raises(ValueError, match="implementation='triton' runs float32/float16/bfloat16 CUDA"):
@@ -130,3 +139,14 @@ def test_triton_where_it_cannot_run_is_a_clear_error(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(ValueError, match="CUDA tensors; got a torch.float32 tensor on cpu"):
             _layer(("in", "ln", "bn"), 1, None)(_input(torch.float32, False))
+
+
+@pytest.mark.skipif(ON_GPU or INTERPRETED, reason="on a GPU (or in the interpreter already) the tests above run here")
+def test_the_kernels_in_triton_s_interpreter():
+    """Every test above, in a fresh process with Triton's interpreter on (CPU tensors)."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                            cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=600)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
