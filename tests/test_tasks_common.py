@@ -75,9 +75,9 @@ def test_command_line_takes_flags_equals_underscores_and_none():
 def test_help_comes_from_the_field_metadata_and_hides_test_aids(capsys):
     assert main(get_task("classify"), ["--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # the help is wrapped to the terminal's width
-    assert "--epochs N training epochs (>= 1; default: 3)" in out
+    assert "--epochs N training epochs (>= 1; default: 2)" in out
     assert "one of: fashion-mnist, cifar10, imagefolder, synthetic" in out
-    assert "--train-subset N|none" in out and "default: 12000" in out
+    assert "--train-subset N|none" in out and "(seeded random subset; none: all) (>= 1; default: none)" in out
     assert "kill" not in out  # the crash simulation of the tests is an environment variable
     assert main(get_task("enas"), ["--help"]) == 0
     assert "--norm TEXT, --controller-norm TEXT" in " ".join(capsys.readouterr().out.split())
