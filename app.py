@@ -98,8 +98,16 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
         st.info("None of the selected runs logged importance weights (only SN runs do).")
         return
     st.subheader("Which normalizer each task chose (Fig. 1c)")
-    by = st.radio("Group by", ["task", "experiment"], horizontal=True)
-    st.plotly_chart(figures.fig_weights_by_task(weights, by=by), key="fig1c")
+    mixed = "source" in weights.columns and weights["source"].nunique() > 1
+    options = (["task and source"] if mixed else []) + ["task", "experiment"]
+    by = st.radio("Group by", options, horizontal=True)
+    if by == "task and source":  # your runs and the reference results apart
+        tagged = weights.assign(task_source=weights["task"].astype(str)
+                                + weights["source"].map({REFERENCE: " (reference)"}).fillna(""))
+        st.plotly_chart(figures.fig_average_weights(tagged, "task_source", title="Importance weights per task (Fig. 1c)"),
+                        key="fig1c")
+    else:
+        st.plotly_chart(figures.fig_weights_by_task(weights, by=by), key="fig1c")
     if weights["task"].eq("classify").any():
         st.subheader("How the choice depends on the batch setting (Fig. 4)")
         st.plotly_chart(figures.fig_weights_by_batch(weights), key="fig4")

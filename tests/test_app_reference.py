@@ -48,6 +48,11 @@ def test_reference_results_beside_user_runs_do_not_merge(monkeypatch, tmp_path, 
     assert len(table) == 28 and table["source"].value_counts().to_dict() == {"yours": 14, "reference": 14}
     assert "sweep/sn-8x4" in set(table["run_id"]) and "reference/sweep/sn-8x4" in set(table["run_id"])
     assert not [i for i in at.info if "Showing the reference results" in i.value]
+    # Fig. 1c keeps the two sources apart by default: the same IN mean for each copy of the fixture
+    fig1c = charts(at)["Importance weights per task (Fig. 1c)"]
+    in_mean = [t for t in fig1c["data"] if t["meta"] == {"stat": "mean", "op": "in"}][0]
+    assert dict(zip(in_mean["x"], in_mean["y"])) == pytest.approx(
+        {"classify": 1.1 / 4, "stylize": 0.7, "classify (reference)": 1.1 / 4, "stylize (reference)": 0.7})
 
 
 def test_layer_views_and_the_paper_beside_ours(monkeypatch, tmp_path):
