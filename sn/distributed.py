@@ -1,7 +1,7 @@
 """BN-branch statistics across processes: synchronized SN and batch averages under DDP."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.distributed as dist

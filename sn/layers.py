@@ -190,9 +190,6 @@ class SwitchNorm(nn.Module):
                 f"expected {self.num_features} channels (dim 1), got input of shape {tuple(input.shape)}"
             )
 
-    def _uses_batch_bn(self) -> bool:
-        return "bn" in self.stats and (self.training or not self.track_running_stats)
-
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_tracing():  # (checks of the example input, which the trace does not keep)
             with warnings.catch_warnings():

@@ -1,7 +1,6 @@
 """SN under torch.compile: one graph (no breaks), and the same outputs, gradients and running
 statistics as eager mode, in training and eval, on both CPU implementations. Skipped where torch.compile cannot build
 kernels (e.g. no C++ compiler)."""
-import copy
 
 import pytest
 import torch
