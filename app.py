@@ -12,6 +12,7 @@ figures and tables are in ``analysis/``.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -46,8 +47,13 @@ def signature_of(root: str, reference_root: str | None) -> tuple:
 
 @st.fragment(run_every=REFRESH_SECONDS)
 def watch(root: str, reference_root: str | None, seen: tuple) -> None:
-    """Every few seconds: when a run file changed since this page was drawn, draw it again."""
-    if signature_of(root, reference_root) != seen:
+    """Every few seconds: when a run file changed since this page was drawn, draw it again.
+
+    The fragment also runs once as the page is drawn; that first run only starts the clock
+    (files that changed while the page was being drawn are picked up at the next tick).
+    """
+    drawn = st.session_state.get("drawn_at", 0.0)
+    if time.monotonic() - drawn >= REFRESH_SECONDS / 2 and signature_of(root, reference_root) != seen:
         st.rerun()
 
 
@@ -118,10 +124,10 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
     depth = st.number_input("Block = first N parts of the layer name", 1, 6, 1, key="block_depth",
                             help="1: 'layer2.0.bn1' belongs to block 'layer2' (a ResNet stage)")
     st.plotly_chart(figures.fig_block_weights(weights[weights["run_id"].eq(run_id)], int(depth)), key="fig3")
-    layer_views(weights, with_weights)
+    layer_views(weights, with_weights, int(depth))
 
 
-def layer_views(weights: pd.DataFrame, run_ids: list) -> None:
+def layer_views(weights: pd.DataFrame, run_ids: list, depth: int = 1) -> None:
     """Small differences made visible: per-layer heatmap, distance from uniform, whole network."""
     st.subheader("Per layer: which layers moved away from uniform")
     st.caption("A network's average can stay near 1/K while its layers move apart: the heatmap colours each "
@@ -132,7 +138,7 @@ def layer_views(weights: pd.DataFrame, run_ids: list) -> None:
     one = weights[weights["run_id"].eq(run_id)]
     st.plotly_chart(figures.fig_layer_heatmap(one, relative=relative), key="layer_heatmap")
     by = st.radio("Distance from uniform per", ["layer", "block"], horizontal=True, key="deviation_by")
-    st.plotly_chart(figures.fig_deviation(one, by=by, block_of=1), key="deviation")
+    st.plotly_chart(figures.fig_deviation(one, by=by, block_of=depth), key="deviation")  # blocks as in Fig. 3
     chosen = st.multiselect("Runs over training", run_ids, default=[run_id], key="trajectory_runs")
     st.plotly_chart(figures.fig_network_trajectory(weights, run_ids=chosen or [run_id]), key="network_trajectory")
 
@@ -243,6 +249,7 @@ def main() -> None:
         st.error(f"Cannot read runs from {root!r}: {err}")
         return
     if refresh:
+        st.session_state["drawn_at"] = time.monotonic()
         watch(root, ref, seen)
     yours = data.runs[data.runs["source"].ne(REFERENCE)] if not data.runs.empty else data.runs
     if data.runs.empty:

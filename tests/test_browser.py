@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fixture_runs import write_fixture_runs
+from fixture_runs import classify_config, summary, write_fixture_runs, write_run
 
 pytestmark = pytest.mark.browser
 
@@ -53,13 +53,14 @@ def svg_texts(page, selector: str) -> list[str]:
     return page.eval_on_selector_all(selector, "els => els.map(e => e.textContent)")
 
 
-@pytest.fixture(params=["yours"])
+@pytest.fixture(params=["yours"])  # "yours-root": as "yours", yielding (url, runs root)
 def dashboard(request, tmp_path):
     """A running `streamlit run app.py`; yields its URL. ``"yours"``: fixture runs as the user's
     runs, no reference results; ``"reference"``: the fixture runs as reference results (the
     results/ folder) and no user runs."""
-    fixture = write_fixture_runs(tmp_path / ("runs" if request.param == "yours" else "results"))
-    root = fixture if request.param == "yours" else tmp_path / "runs"
+    yours = request.param.startswith("yours")
+    fixture = write_fixture_runs(tmp_path / ("runs" if yours else "results"))
+    root = fixture if yours else tmp_path / "runs"
     reference = fixture if request.param == "reference" else tmp_path / "no-reference-results"
     port = free_port()
     env = {**os.environ, "SN_RUNS_ROOT": str(root), "SN_REFERENCE_ROOT": str(reference),
@@ -73,7 +74,7 @@ def dashboard(request, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)
-        yield url
+        yield url if request.param != "yours-root" else (url, root)
     finally:
         proc.terminate()
         try:
@@ -152,5 +153,28 @@ def test_reference_results_without_user_runs_in_chromium(dashboard, tmp_path):
             assert page.locator(ERROR_SELECTORS).count() == 0
             body = page.inner_text("body")
             assert "Traceback" not in body and "Exception" not in body, body[:2000]
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (Debian package chromium)")
+@pytest.mark.parametrize("dashboard", ["yours-root"], indirect=True)
+def test_new_runs_appear_without_a_manual_reload(dashboard, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, root = dashboard
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1600})
+        try:
+            page = browser.new_page()
+            page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+            page.get_by_text("14 of 14 runs selected").wait_for(timeout=90_000)
+            run = "gn-8x2"  # a run finishing while the page is open
+            write_run(root, "sweep", run, classify_config("sweep", run, "gn", "8x2"),
+                      summary("classify", "sweep", run, "finished", {"test_acc": 0.8}), [])
+            page.get_by_text("15 of 15 runs selected").wait_for(timeout=60_000)  # no reload, no click
+            assert page.locator(ERROR_SELECTORS).count() == 0
         finally:
             browser.close()
