@@ -262,8 +262,10 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
         out, moments = composite.switch_norm(*args)
     if moments is not None and training and running_mean is not None:
         update_running_stats(running_mean, running_var, *moments, momentum, count, config.devices)
-    out = out.view_as(input)  # (N, C, L) -> the input's shape; contiguous and channels-last both view
-    # (view_as: view(torch.Size) costs three times as much)
+    try:  # (N, C, L) -> the input's shape; contiguous and channels-last outputs both view
+        out = out.view_as(input)  # (view_as: view(torch.Size) costs three times as much)
+    except RuntimeError:  # an output laid out like an unusually strided input
+        out = out.reshape(input.shape)
     if out.dtype != input.dtype:
         out = out.to(input.dtype)
     return _like(out, input)
@@ -296,9 +298,10 @@ def _like(out: Tensor, input: Tensor) -> Tensor:
     return out
 
 
-FUNCTORCH_IN_PLACE_HINT = ("torch.func transforms allow in-place updates only of buffers transformed alongside the input: "
-                   "vmap over stacked models (torch.func.stack_module_state + functional_call) works; otherwise "
-                   "use eval mode or track_running_stats=False, as for BatchNorm")
+FUNCTORCH_IN_PLACE_HINT = (
+    "torch.func transforms allow in-place updates only of buffers transformed alongside the input: vmap over "
+    "stacked models (torch.func.stack_module_state + functional_call) works; otherwise use eval mode or "
+    "track_running_stats=False, as for BatchNorm")
 
 
 @torch.no_grad()

@@ -128,6 +128,9 @@ def test_channels_last_and_non_contiguous_inputs():
         torch.testing.assert_close(out, ref)
         assert out.is_contiguous(memory_format=torch.channels_last)  # as nn.BatchNorm2d keeps it
         torch.testing.assert_close(layer(x.transpose(2, 3).contiguous().transpose(2, 3)), ref)
+        wide = torch.randn(4, 8, 6, 12)
+        torch.testing.assert_close(layer(wide[:, :, :, ::2]), layer(wide[:, :, :, ::2].contiguous()))  # strided
+        torch.testing.assert_close(layer(wide[:, :, 1:5]), layer(wide[:, :, 1:5].contiguous()))  # a viewable slice
 
 
 def test_eval_follows_every_change_of_the_layer():
