@@ -10,6 +10,7 @@ CUDA, or plain differentiable operations for tracing, export and ``torch.func``.
 from .batchnorm import PerDeviceBatchNorm
 from .convert import SwitchNormAct, SwitchNormAct2d, convert, set_devices
 from .config import KNOWN_STATS
+from .freeze import freeze, freeze_plan
 from .functional import implementation, switch_norm
 from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 from .registry import NORMS, make_norm, norm_names
@@ -29,6 +30,8 @@ __all__ = [
     "SwitchNormAct",
     "SwitchNormAct2d",
     "convert",
+    "freeze",
+    "freeze_plan",
     "implementation",
     "make_norm",
     "norm_names",
