@@ -29,8 +29,8 @@ HAVE_FMNIST = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists()
 TINY_DATA = (["--dataset", "fashion-mnist", "--data-root", str(Path.home() / ".cache/switchnorm/data")]
              if HAVE_FMNIST else ["--dataset", "synthetic"])
 TINY = TINY_DATA + ["--train-subset", "640", "--val-size", "256", "--test-subset", "512", "--depth", "8",
-                    "--width", "8", "--batch", "4x8", "--ref-batch", "8", "--epochs", "3",
-                    "--base-lr", "0.1", "--warmup-epochs", "0",
+                    "--width", "8", "--batch", "4x8", "--ref-batch", "32", "--epochs", "3",
+                    "--warmup-epochs", "0",
                     "--update-stats-batches", "8", "--log-every-n-steps", "4", "--weights-every-n-steps", "8",
                     "--eval-batch-size", "512", "--progress-bar", "false", "--threads", "1"]
 STEPS_PER_EPOCH = 640 // 32
@@ -58,7 +58,7 @@ def test_gxs_statistics_are_computed_per_device_chunk(norm):
     torch.manual_seed(0)
     cfg = ClassifyConfig(norm=norm, batch="4x2", depth=8, width=8)
     module = ClassifyModule(cfg, num_classes=10, in_channels=1)
-    assert cfg.batch_size == 8 and cfg.num_devices == 4 and cfg.lr == pytest.approx(0.1 * 8 / 256)
+    assert cfg.batch_size == 8 and cfg.num_devices == 4 and cfg.lr == pytest.approx(cfg.base_lr * 8 / 256)
     one = build_model("resnet", norm, 1, 10, 1, depth=8, width=8)  # same net, one device
     one.load_state_dict(module.net.state_dict())
     module.net.train(), one.train()
@@ -221,7 +221,7 @@ def test_resume_after_a_crash_continues_without_duplicate_rows(tmp_path):
     assert killed["wall_time_s"] > 0  # the heartbeat at the end of epoch 1
     # resuming under another config is refused before anything is touched
     proc = run_cli(*args, "--resume", "--base-lr", "0.2", check=False)
-    assert proc.returncode == 2 and "base_lr: 0.1 there, 0.2 requested" in proc.stderr
+    assert proc.returncode == 2 and "base_lr: 0.4 there, 0.2 requested" in proc.stderr
     assert rows(path / "metrics.csv") == before
     proc = run_cli(*args, "--resume")
     assert "resuming" in proc.stdout and "from step 20" in proc.stdout
