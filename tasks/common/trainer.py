@@ -36,7 +36,8 @@ def lightning_devices(value):
 
 
 def build_trainer(cfg, rundir: RunDir, callbacks: Sequence[pl.Callback] = (), monitor: Optional[str] = None,
-                  mode: str = "max", weights_attr: str = "net", **trainer_kwargs) -> pl.Trainer:
+                  mode: str = "max", weights_attr: str = "net", save_on_train_epoch_end: Optional[bool] = None,
+                  **trainer_kwargs) -> pl.Trainer:
     """A Lightning Trainer wired to the run directory and the config's device options.
 
     Loggers: :class:`RunLogger` (metrics.csv), plus W&B when ``cfg.wandb``. Callbacks:
@@ -44,6 +45,8 @@ def build_trainer(cfg, rundir: RunDir, callbacks: Sequence[pl.Callback] = (), mo
     ``last.ckpt`` linking to it, and ``best-epochNNN.ckpt`` when ``monitor`` is given),
     :class:`SwitchWeightsLogger`, :class:`Heartbeat`, the crash simulation of the tests when
     its environment variable is set (:func:`kill_callback`), then ``callbacks``.
+    ``save_on_train_epoch_end`` goes to the epoch checkpoints (None: Lightning's choice, after
+    validation when there is one; True for a task that validates less often than every epoch).
     ``trainer_kwargs`` override the Trainer arguments built here.
     """
     run_logger = RunLogger(rundir)
@@ -53,7 +56,7 @@ def build_trainer(cfg, rundir: RunDir, callbacks: Sequence[pl.Callback] = (), mo
     # every epoch: epochNNN.ckpt (the previous one removed) and last.ckpt, a relative link to it
     cbs = [pl.callbacks.ModelCheckpoint(
         dirpath=str(rundir.checkpoint_dir), filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-        save_last="link", every_n_epochs=1, save_top_k=1)]
+        save_last="link", every_n_epochs=1, save_top_k=1, save_on_train_epoch_end=save_on_train_epoch_end)]
     if monitor:  # and the best epoch by `monitor`
         cbs.append(pl.callbacks.ModelCheckpoint(
             dirpath=str(rundir.checkpoint_dir), filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
