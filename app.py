@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from analysis import figures, tables
+from analysis import detect, figures, tables
 from analysis.aggregate import final_weights, order_batches
 from analysis.load import REFERENCE, RunData, files_signature, list_samples, load_sources, read_architectures
 
@@ -114,6 +114,8 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
                         key="fig1c")
     else:
         st.plotly_chart(figures.fig_weights_by_task(weights, by=by), key="fig1c")
+    if weights["task"].eq("detect").any():
+        detect_weights(weights)
     if weights["task"].eq("classify").any():
         st.subheader("How the choice depends on the batch setting (Fig. 4)")
         st.plotly_chart(figures.fig_weights_by_batch(weights), key="fig4")
@@ -162,6 +164,8 @@ def tab_results(runs: pd.DataFrame, metrics: pd.DataFrame) -> None:
         st.subheader("Learning curves (Fig. 2)")
         split = st.radio("Split", ["val", "train"], horizontal=True)
         st.plotly_chart(figures.fig_classify_curves(metrics, split=split), key="fig2")
+    if "detect" in tasks:
+        detect_results(runs)
     if "stylize" in tasks:
         st.subheader("Style and content losses (Fig. 6a)")
         st.plotly_chart(figures.fig_stylize_losses(metrics), key="fig6a")
@@ -208,6 +212,7 @@ def tab_single_run(runs: pd.DataFrame, metrics: pd.DataFrame, weights: pd.DataFr
         st.plotly_chart(figures.fig_weight_trajectories(run_weights), key="single_traj")
     show_samples(run_dir)
     show_architectures(run_dir)
+    show_predictions(run_dir)
 
 
 def show_samples(run_dir: Path, limit: int = 12) -> None:
@@ -227,6 +232,31 @@ def show_architectures(run_dir: Path) -> None:
         st.dataframe(archs.sort_values("val_acc", ascending=False), hide_index=True, key="single_archs")
     for warning in warnings:
         st.caption(warning)
+
+
+# --- detection (Sec. 4.2): the functions above call these for detect runs ------------------
+def detect_weights(weights: pd.DataFrame) -> None:
+    """Fig. 1(c)'s detection group: SN's weights per component of the detector."""
+    st.subheader("Which normalizer each part of the detector chose (Fig. 1c, detection)")
+    stages = st.toggle("Backbone stages apart", value=False, key="detect_stages")
+    st.plotly_chart(detect.fig_component_weights(weights, stages=stages), key="detect_components")
+
+
+def detect_results(runs: pd.DataFrame) -> None:
+    """The Tables 3-5 analogue: COCO box and mask AP per norm and batch setting."""
+    st.subheader("Box and mask AP (%) per norm and batch setting (Tables 3-5)")
+    st.markdown(detect.ap_markdown(detect.ap_table(runs)))
+    with st.expander("The paper's Table 5 (Mask R-CNN, ResNet-50 + FPN, COCO, 8x2)"):
+        st.markdown(detect.ap_markdown(detect.paper_table5()))
+
+
+def show_predictions(run_dir: Path, limit: int = 8) -> None:
+    """A detection run's validation images: ground truth (left) beside the predictions (right)."""
+    drawings = detect.list_predictions(run_dir)
+    if drawings:
+        st.subheader(f"Predicted boxes and masks ({len(drawings)} validation images)")
+        st.caption("Left: ground truth; right: predictions scoring at least 0.5.")
+        st.image([str(p) for p in drawings[:limit]], caption=[p.name for p in drawings[:limit]], width=384)
 
 
 def main() -> None:
