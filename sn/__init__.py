@@ -15,7 +15,8 @@ from .functional import implementation, switch_norm
 from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 from .registry import NORMS, make_norm, norm_names
 from .stats import update_stats
-from .weights import param_groups, switch_norm_layers, switch_weights
+from .selection import sparsestmax
+from .weights import param_groups, set_radius, switch_norm_layers, switch_weights
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,8 @@ __all__ = [
     "norm_names",
     "param_groups",
     "set_devices",
+    "set_radius",
+    "sparsestmax",
     "switch_norm",
     "switch_norm_layers",
     "switch_weights",

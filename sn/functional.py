@@ -41,6 +41,7 @@ from . import distributed as SND
 from . import native as SNN
 from . import native_ops as SNO
 from .config import KNOWN_STATS, Config
+from .selection import check_selector, effective_logits, max_radius
 
 PREFERENCES = ("auto", "native", "torch", "triton", "composite")
 _FULL_PRECISION = (torch.float32, torch.float64)
@@ -190,7 +191,8 @@ def switch_norm(input: Tensor, mean_weight: Tensor, var_weight: Tensor, running_
                 running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                 training: bool = False, momentum=0.1, eps: float = 1e-5,
                 stats: Sequence[str] = ("in", "ln", "bn"), num_groups: int = 1, devices: int = 1,
-                sync: bool = False, process_group=None, implementation: Optional[str] = None) -> Tensor:
+                sync: bool = False, process_group=None, implementation: Optional[str] = None,
+                selector: str = "softmax", radius=None) -> Tensor:
     r"""Switchable Normalization of an ``(N, C, *)`` input (see :class:`sn.SwitchNorm`).
 
     Like ``torch.nn.functional.batch_norm``: the BN branch uses the batch's statistics when
@@ -208,20 +210,31 @@ def switch_norm(input: Tensor, mean_weight: Tensor, var_weight: Tensor, running_
         num_groups: GN's groups; devices: equal batch chunks of the BN statistics.
         sync: pool the BN statistics over the processes of ``process_group`` (DDP).
         implementation: the preferred implementation (:data:`PREFERENCES`); see the module docstring.
+        selector: how the logits become weights: ``"softmax"`` (the paper) or ``"sparsestmax"``
+            (SSN, :func:`sn.selection.sparsestmax` at ``radius``, separately for the means'
+            and the variances' logits).
+        radius: the sparsestmax radius, a number or a 0-d tensor in ``[0, sqrt((K-1)/K)]``.
 
     Returns:
         the output, with the input's shape, dtype and memory format.
     """
     stats = check_stats(stats)
+    check_selector(selector)
+    if selector == "sparsestmax":
+        _check_radius(radius, len(stats))
+    elif radius is not None:
+        raise ValueError(f"radius={radius!r} is given but selector={selector!r}; a radius applies to 'sparsestmax'")
     batch_bn = "bn" in stats and (training or running_mean is None)
     checked = (input, mean_weight, var_weight, stats, num_groups, devices, batch_bn,
                (running_mean, running_var, weight, bias))
     if torch.jit.is_tracing():  # the checks look at the example input once; the trace keeps none of them
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # (nor the logits' count, a constant K, which sparsestmax reads)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             _check_call(*checked)
+            mean_weight, var_weight = _selected_logits(mean_weight, var_weight, selector, radius)
     else:
         _check_call(*checked)
+        mean_weight, var_weight = _selected_logits(mean_weight, var_weight, selector, radius)
     device_type = "cpu" if input.is_cpu else input.device.type
     if (device_type == "cpu" or torch.amp.is_autocast_available(device_type)) and torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type=device_type, enabled=False):
@@ -229,6 +242,30 @@ def switch_norm(input: Tensor, mean_weight: Tensor, var_weight: Tensor, running_
                                 momentum, eps, stats, num_groups, devices, sync, process_group, implementation)
     return _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weight, bias, training, momentum,
                         eps, stats, num_groups, devices, sync, process_group, implementation)
+
+
+def _selected_logits(mean_weight: Tensor, var_weight: Tensor, selector: str, radius):
+    """Every implementation takes logits and applies a softmax: sparsestmax's weights go in as their log."""
+    if selector == "softmax":
+        return mean_weight, var_weight
+    return effective_logits(mean_weight, selector, radius), effective_logits(var_weight, selector, radius)
+
+
+def _check_radius(radius, k: int) -> None:
+    if radius is None:
+        raise ValueError("selector='sparsestmax' needs a radius (a number or a 0-d tensor; SwitchNorm layers keep "
+                         "it in their `radius` buffer, set by sn.set_radius)")
+    if isinstance(radius, Tensor):
+        if radius.dim() != 0 or not radius.is_floating_point():
+            raise ValueError(f"radius must be a number or a floating 0-d tensor, got {radius.dtype} of shape "
+                             f"{tuple(radius.shape)}")
+        if (not radius.is_cpu or torch.jit.is_tracing() or traced_context() is not None
+                or torch.compiler.is_compiling()):
+            return  # (not read on the host, no synchronization: sparsestmax clamps it into range)
+        radius = float(radius)
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0.0 <= radius <= max_radius(k) + 1e-6:
+        raise ValueError(f"radius must be in [0, sqrt((K-1)/K)] = [0, {max_radius(k):.4f}] for K={k} statistics, "
+                         f"got {radius!r}")
 
 
 def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weight, bias, training, momentum, eps,

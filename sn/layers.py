@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from . import functional as SNF
 from . import native as SNN
+from . import selection as SNS
 
 DEFAULT_GROUPS = 32
 
@@ -84,6 +85,12 @@ class SwitchNorm(nn.Module):
             (plain differentiable operations); ``None`` defers to :func:`sn.implementation`
             and the environment. Tracing, export and ``torch.func`` always take
             ``"composite"`` (see :mod:`sn.functional`). Default: ``None``
+        selector: how the logits become weights: ``"softmax"`` (the paper) or
+            ``"sparsestmax"`` (Sparse SN, Shao et al. 2019: the weights closest to the logits on
+            the simplex at least ``radius`` from its centre, separately for means and variances;
+            one-hot once ``radius`` reaches ``sqrt((K-1)/K)``). The radius is the buffer
+            ``radius`` (0 at construction: sparsemax), set by :func:`sn.set_radius` or a
+            training loop's schedule (:func:`sn.selection.radius_at`). Default: ``"softmax"``
 
     Shape:
         - Input: :math:`(N, C, *)`
@@ -111,6 +118,7 @@ class SwitchNorm(nn.Module):
         sync: bool = False,
         process_group=None,
         implementation: Optional[str] = None,
+        selector: str = "softmax",
         device=None,
         dtype=None,
     ) -> None:
@@ -142,6 +150,7 @@ class SwitchNorm(nn.Module):
         self.sync = bool(sync)
         self.process_group = process_group
         self.implementation = None if implementation is None else SNF.check_preference(implementation)
+        self.selector = SNS.check_selector(selector)
         factory = {"device": device, "dtype": dtype}
         self.mean_weight = nn.Parameter(torch.empty(len(self.stats), **factory))
         self.var_weight = nn.Parameter(torch.empty(len(self.stats), **factory))
@@ -159,6 +168,8 @@ class SwitchNorm(nn.Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
+        if selector == "sparsestmax":  # saved with the model, so that a resumed run continues its schedule
+            self.register_buffer("radius", torch.zeros((), dtype=torch.float32, device=device))
         self.reset_parameters()
         if self.mean_weight.device.type == "cpu" and SNF.preference(implementation) in ("auto", "native"):
             SNN.library()  # build or load the C kernels now, so that a compiled first call finds them
@@ -208,7 +219,8 @@ class SwitchNorm(nn.Module):
             buffers["running_var"] if running else None, params["weight"], params["bias"],
             training=self.training or not self.track_running_stats, momentum=momentum, eps=self.eps,
             stats=self.stats, num_groups=self.num_groups or 1, devices=self.devices, sync=self.sync,
-            process_group=self.process_group, implementation=self.implementation)
+            process_group=self.process_group, implementation=self.implementation,
+            selector=self.selector, radius=buffers.get("radius"))
 
     def _count_batch(self, num_batches_tracked: Tensor):
         """``num_batches_tracked += 1``; returns the running statistics' factor for this batch
@@ -234,10 +246,12 @@ class SwitchNorm(nn.Module):
             f"which records SN's plain operations")
 
     def importance(self) -> dict:
-        """Post-softmax importance weights: ``{"mean": {op: w}, "var": {op: w}}``."""
+        """The importance weights this layer applies (after its softmax or sparsestmax):
+        ``{"mean": {op: w}, "var": {op: w}}``."""
         with torch.no_grad():
-            wm = torch.softmax(self.mean_weight.double(), 0).tolist()
-            wv = torch.softmax(self.var_weight.double(), 0).tolist()
+            radius = self._buffers.get("radius")
+            wm, wv = (SNS.select(logits.double(), self.selector, radius).tolist()
+                      for logits in (self.mean_weight, self.var_weight))
         return {"mean": dict(zip(self.stats, wm)), "var": dict(zip(self.stats, wv))}
 
     def extra_repr(self) -> str:
@@ -249,10 +263,13 @@ class SwitchNorm(nn.Module):
             s += f", devices={self.devices}"
         if self.sync:
             s += ", sync=True"
+        if self.selector != "softmax":
+            s += f", selector={self.selector!r}"
         return s
 
     def __setstate__(self, state):
-        state.setdefault("implementation", None)  # (modules pickled before the option existed)
+        state.setdefault("implementation", None)  # (modules pickled before the options existed)
+        state.setdefault("selector", "softmax")
         super().__setstate__(state)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):

@@ -55,6 +55,9 @@ NORMS: Dict[str, Callable[..., nn.Module]] = {
     "sn-lnbn": _sn(("ln", "bn")),  # the published SwitchNorm1d mixture for FC features
     "sn-all": _sn(("in", "ln", "bn", "gn")),
     "sn-sync": _sn(("in", "ln", "bn"), sync=True),  # BN statistics over all processes (DDP)
+    # Sparse SN (Shao et al. 2019): sparsestmax weights, one-hot at the end of the radius schedule
+    "ssn": _sn(("in", "ln", "bn"), selector="sparsestmax"),
+    "ssn-inln": _sn(("in", "ln"), selector="sparsestmax"),
     "none": _none,
 }
 
@@ -77,7 +80,8 @@ def make_norm(name: str, num_features: int, *, dim: int = 2, devices: int = 1, *
             (GroupNorm, ``num_groups`` default up to 32), ``in`` (InstanceNorm, affine), ``ln``
             (LayerNorm over (C, *) with a per-channel affine, i.e. GroupNorm(1, C)), ``sn``
             (IN+LN+BN), ``sn-inln``, ``sn-lngn``, ``sn-lnbn``, ``sn-all`` (IN+LN+BN+GN), ``sn-sync``
-            (IN+LN+BN with BN statistics synchronized across processes), ``none``.
+            (IN+LN+BN with BN statistics synchronized across processes), ``ssn`` and ``ssn-inln``
+            (Sparse SN: sparsestmax instead of softmax, see :func:`sn.set_radius`), ``none``.
         num_features: number of channels.
         dim: spatial rank of the features: 1 for ``(N, C)``/``(N, C, L)``, 2 for images, 3 for volumes.
         devices: per-device chunks of the batch statistics (``bn`` and SN variants with BN);

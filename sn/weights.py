@@ -49,3 +49,33 @@ def param_groups(model: nn.Module, weight_decay: float = 1e-4) -> List[Dict]:
     if exempt:
         groups.append({"params": exempt, "weight_decay": 0.0})
     return groups
+
+
+def set_radius(model: nn.Module, radius=None, *, progress=None, start: float = 0.0, end: float = 0.8) -> int:
+    """Set the sparsestmax radius of every ``selector="sparsestmax"`` SN layer of ``model``.
+
+    Either ``radius`` (a number, clamped to each layer's largest radius ``sqrt((K-1)/K)``,
+    where its weights are one-hot) or ``progress`` (the fraction of training done, in
+    ``[0, 1]``) for the schedule of :func:`sn.selection.radius_at`: 0 until ``start``, growing
+    linearly to each layer's largest radius at ``end``. Call it before each training step.
+
+    Returns:
+        the number of layers set (0 for a model without sparsestmax layers).
+    """
+    from .selection import max_radius, radius_at
+
+    if (radius is None) == (progress is None):
+        raise ValueError("set_radius takes either radius= or progress=")
+    if progress is not None and not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be in [0, 1], got {progress!r}")
+    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, (int, float)) or radius < 0):
+        raise ValueError(f"radius must be a number >= 0, got {radius!r}")
+    count = 0
+    for _, layer in switch_norm_layers(model):
+        if layer.selector != "sparsestmax":
+            continue
+        k = len(layer.stats)
+        value = radius_at(progress, k, start, end) if progress is not None else min(float(radius), max_radius(k))
+        layer.radius.fill_(value)
+        count += 1
+    return count

@@ -27,13 +27,17 @@ def direct_moments(x3, op, num_groups=1, devices=1):
 
 
 def reference_switch_norm(x, mean_logits, var_logits, stats, weight=None, bias=None, eps=1e-5,
-                          num_groups=1, devices=1, bn_mean=None, bn_var=None):
-    """Float64 SN output; ``bn_mean``/``bn_var`` (C,) replace the batch's BN statistics (eval)."""
+                          num_groups=1, devices=1, bn_mean=None, bn_var=None, weights=None):
+    """Float64 SN output; ``bn_mean``/``bn_var`` (C,) replace the batch's BN statistics (eval);
+    ``weights=(mean_weights, var_weights)`` replace the logits' softmax (e.g. sparsestmax's)."""
     x64 = x.detach().double()
     n, c = x64.shape[:2]
     x3 = x64.reshape(n, c, -1)
-    wm = torch.softmax(mean_logits.detach().double(), 0)
-    wv = torch.softmax(var_logits.detach().double(), 0)
+    if weights is None:
+        wm = torch.softmax(mean_logits.detach().double(), 0)
+        wv = torch.softmax(var_logits.detach().double(), 0)
+    else:
+        wm, wv = (w.detach().double() for w in weights)
     mean = torch.zeros(n, c, dtype=torch.float64)
     var = torch.zeros(n, c, dtype=torch.float64)
     for k, op in enumerate(stats):
