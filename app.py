@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from analysis import detect, figures, tables
+from analysis import detect, figures, sparse, tables
 from analysis.aggregate import final_weights, order_batches
 from analysis.load import REFERENCE, RunData, files_signature, list_samples, load_sources, read_architectures
 
@@ -119,6 +119,7 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
     if weights["task"].eq("classify").any():
         st.subheader("How the choice depends on the batch setting (Fig. 4)")
         st.plotly_chart(figures.fig_weights_by_batch(weights), key="fig4")
+    sparse_views(runs, weights)
     st.subheader("Per block of the network (Fig. 3)")
     layers = weights.groupby("run_id")["layer"].nunique().sort_values(ascending=False, kind="stable")
     with_weights = layers.index.tolist()  # the deepest network first
@@ -127,6 +128,22 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
                             help="1: 'layer2.0.bn1' belongs to block 'layer2' (a ResNet stage)")
     st.plotly_chart(figures.fig_block_weights(weights[weights["run_id"].eq(run_id)], int(depth)), key="fig3")
     layer_views(weights, with_weights, int(depth))
+
+
+def sparse_views(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
+    """Sparse SN runs: the share of layers that ended on each normalizer, and each layer's choice."""
+    sparse_ids = runs.loc[runs["norm"].isin(sparse.SPARSE_NORMS), "run_id"].tolist()
+    chosen = weights[weights["run_id"].isin(sparse_ids)]
+    if chosen.empty:
+        return
+    st.subheader("Sparse SN: which normalizer each layer ended on")
+    st.caption("Sparsestmax weights end exactly one-hot (separately for means and variances); a choice "
+               "marked '?' is a layer not yet one-hot (a run still within its radius schedule).")
+    choices = sparse.sparse_choices(chosen)
+    labels = dict(zip(runs["run_id"], runs["label"])) if "label" in runs.columns else None
+    st.plotly_chart(sparse.fig_choice_shares(choices, labels), key="sparse_shares")
+    run_id = st.selectbox("Run", list(dict.fromkeys(choices["run_id"])), key="sparse_run")
+    st.dataframe(sparse.choice_matrix(choices, run_id), key="sparse_matrix")
 
 
 def layer_views(weights: pd.DataFrame, run_ids: list, depth: int = 1) -> None:

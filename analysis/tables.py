@@ -17,11 +17,14 @@ import pandas as pd
 from analysis.aggregate import average_weights, order_batches, order_ops
 from runformat import parse_batch
 
-NORM_ORDER = ("bn", "gn", "in", "ln", "sn", "sn-inln", "sn-lngn", "sn-all", "none")
+NORM_ORDER = ("bn", "gn", "in", "ln", "sn", "sn-inln", "ssn", "ssn-inln", "sn-lngn", "sn-all", "none")
 SN_WITHOUT_BN = "sn-inln"
+# at Gx1 settings a row takes the runs of its variant without BN (marked *): SN and Sparse SN
+WITHOUT_BN = {"sn": SN_WITHOUT_BN, "ssn": "ssn-inln"}
 DEFAULT_DIFFS = (("sn", "bn"), ("sn", "gn"))
 FOOTNOTE = ("(*) For {cols}, SN is sn-inln (IN and LN, without BN), as BN is the same as IN "
             "when each device holds a single sample.")
+SSN_FOOTNOTE = "(*) For {cols}, SSN is ssn-inln (sparse SN over IN and LN, without BN)."
 
 
 def accuracy_table(runs: pd.DataFrame, metric: str = "test_acc", diffs=DEFAULT_DIFFS,
@@ -73,7 +76,9 @@ def accuracy_table(runs: pd.DataFrame, metric: str = "test_acc", diffs=DEFAULT_D
     table.attrs["counts"] = {f"{n} {b}": c for (n, b), c in counts.items()}
     table.attrs["std"] = std  # per cell: the std over seeds (difference rows: the difference's standard error)
     table.attrs["within_noise"] = noise  # difference cells within two standard errors of 0
-    table.attrs["footnotes"] = [FOOTNOTE.format(cols=", ".join(c for _, c in marked))] if marked else []
+    table.attrs["footnotes"] = [text.format(cols=", ".join(c for r, c in marked if r == row))
+                                for row, text in (("SN", FOOTNOTE), ("SSN", SSN_FOOTNOTE))
+                                if any(r == row for r, _ in marked)]
     if eval_stats is None and "eval_stats" in data.columns and data["eval_stats"].nunique() > 1:
         table.attrs["footnotes"].append(
             "Note: runs with different eval_stats are averaged together; filter with --eval-stats.")
@@ -140,19 +145,19 @@ def _norm_rows(cells: dict, batches: list[str]) -> tuple[dict, list]:
         return (NORM_ORDER.index(norm) if norm in NORM_ORDER else 99, norm)
     norms = {n for n, _ in cells}
     one_sample = [b for b in batches if parse_batch(b)[1] == 1]
-    if any(n == SN_WITHOUT_BN and b in one_sample for n, b in cells):
-        norms.add("sn")
-    if SN_WITHOUT_BN in norms:
-        if all(b in one_sample for n, b in cells if n == SN_WITHOUT_BN):
-            norms.discard(SN_WITHOUT_BN)  # shown in the SN row only
+    for with_bn, without in WITHOUT_BN.items():
+        if any(n == without and b in one_sample for n, b in cells):
+            norms.add(with_bn)
+        if without in norms and all(b in one_sample for n, b in cells if n == without):
+            norms.discard(without)  # shown in the row with BN only
     rows, marked = {}, []
     for norm in sorted(norms, key=rank):
         row = {b: cells[(norm, b)] for b in batches if (norm, b) in cells}
-        if norm == "sn":
+        if norm in WITHOUT_BN:
             for batch in one_sample:
-                if (SN_WITHOUT_BN, batch) in cells:
-                    row[batch] = cells[(SN_WITHOUT_BN, batch)]
-                    marked.append(("SN", batch))
+                if (WITHOUT_BN[norm], batch) in cells:
+                    row[batch] = cells[(WITHOUT_BN[norm], batch)]
+                    marked.append((norm.upper(), batch))
         rows[norm.upper()] = row
     return rows, marked
 

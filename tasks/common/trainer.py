@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 import pytorch_lightning as pl
 import torch
 
+import sn
+
 from .config import config_dict
 from .loggers import Heartbeat, RunLogger, SwitchWeightsLogger, kill_callback, make_wandb_logger
 from .rundir import RunDir
@@ -22,6 +24,31 @@ def checkpoint_step(path) -> int:
     """The ``global_step`` saved in a Lightning checkpoint."""
     ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
     return int(ckpt["global_step"])
+
+
+class RadiusSchedule(pl.Callback):
+    """Sparse SN's radius schedule (:func:`sn.set_radius`): before every training step, each
+    ``selector="sparsestmax"`` layer's radius follows the fraction of training done, 0 at the
+    start, growing linearly to its largest value at 80% of the steps, so that every layer trains
+    its last 20% on exactly one normalizer for the means and one for the variances. Nothing to do
+    for models without such layers. (The radius is a buffer: checkpoints keep it.)"""
+
+    def __init__(self, attr: Optional[str] = None):
+        self.attr = attr
+        self.active = True
+
+    def _model(self, pl_module):
+        return getattr(pl_module, self.attr) if self.attr and hasattr(pl_module, self.attr) else pl_module
+
+    def on_fit_start(self, trainer, pl_module):
+        self.active = any(getattr(m, "selector", None) == "sparsestmax" for m in self._model(pl_module).modules())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.active:
+            return
+        total = trainer.estimated_stepping_batches
+        progress = min(trainer.global_step / total, 1.0) if total and total != float("inf") else 0.0
+        sn.set_radius(self._model(pl_module), progress=progress)
 
 
 def lightning_devices(value):
@@ -43,7 +70,7 @@ def build_trainer(cfg, rundir: RunDir, callbacks: Sequence[pl.Callback] = (), mo
     Loggers: :class:`RunLogger` (metrics.csv), plus W&B when ``cfg.wandb``. Callbacks:
     ModelCheckpoints saving every epoch into ``checkpoints/`` (``epochNNN.ckpt`` with
     ``last.ckpt`` linking to it, and ``best-epochNNN.ckpt`` when ``monitor`` is given),
-    :class:`SwitchWeightsLogger`, :class:`Heartbeat`, the crash simulation of the tests when
+    :class:`RadiusSchedule` (Sparse SN), :class:`SwitchWeightsLogger`, :class:`Heartbeat`, the crash simulation of the tests when
     its environment variable is set (:func:`kill_callback`), then ``callbacks``.
     ``save_on_train_epoch_end`` goes to the epoch checkpoints (None: Lightning's choice, after
     validation when there is one; True for a task that validates less often than every epoch).
@@ -61,7 +88,8 @@ def build_trainer(cfg, rundir: RunDir, callbacks: Sequence[pl.Callback] = (), mo
         cbs.append(pl.callbacks.ModelCheckpoint(
             dirpath=str(rundir.checkpoint_dir), filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
             every_n_epochs=1, monitor=monitor, mode=mode, save_top_k=1))
-    cbs += [SwitchWeightsLogger(rundir, cfg.weights_every_n_steps, attr=weights_attr), Heartbeat(rundir)]
+    cbs += [RadiusSchedule(weights_attr), SwitchWeightsLogger(rundir, cfg.weights_every_n_steps, attr=weights_attr),
+            Heartbeat(rundir)]
     kill = kill_callback()
     if kill is not None:
         cbs.append(kill)

@@ -1,0 +1,127 @@
+"""Sparse SN in the tasks: ``--norm ssn`` through the real command lines of classify and stylize,
+with the radius schedule run by the trainer, weights that end one-hot in weights.csv, the Table 2
+analogue's SSN row and the dashboard's sparse view."""
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.sparse import sparse_choices
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSIFY_TINY = ["--dataset", "synthetic", "--train-subset", "512", "--val-size", "128", "--test-subset", "256",
+                 "--depth", "8", "--width", "8", "--batch", "4x8", "--ref-batch", "32", "--epochs", "3",
+                 "--warmup-epochs", "0", "--update-stats-batches", "4", "--log-every-n-steps", "4",
+                 "--weights-every-n-steps", "4", "--eval-batch-size", "256", "--progress-bar", "false",
+                 "--threads", "1"]
+STYLIZE_TINY = ["--image-size=64", "--epochs=2", "--steps-per-epoch=5", "--width=8", "--res-blocks=2", "--lr=0.01",
+                "--sample-size=32", "--sample-every-n-steps=5", "--weights-every-n-steps=2", "--eval-crops=4",
+                "--progress-bar=false", "--threads=1"]
+
+
+def run(task, args, env=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", f"tasks.{task}", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def values(data):
+    """A plotly trace's numbers (plotly writes arrays as {'dtype', 'bdata'} base64)."""
+    if isinstance(data, dict):
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
+    return list(data)
+
+
+def weights(path):
+    with open(path, newline="") as f:
+        return pd.DataFrame(list(csv.DictReader(f))).astype({"step": int, "weight": float})
+
+
+def check_one_hot_at_the_end(frame):
+    steps = sorted(frame["step"].unique())
+    first, last = frame[frame["step"] == steps[0]], frame[frame["step"] == steps[-1]]
+    # sparsemax of equal logits at the start: uniform weights
+    assert first["weight"].round(6).eq(round(1 / 3, 6)).all(), first
+    for (_, _), group in last.groupby(["layer", "stat"]):
+        assert sorted(group["weight"].tolist()) == [0.0, 0.0, 1.0], group
+    # zeros appear along the way, before the schedule's end (sparsity, not only the final rounding)
+    middle = frame[frame["step"] == steps[len(steps) // 2]]
+    assert (middle["weight"] == 0.0).any()
+
+
+@pytest.fixture(scope="module")
+def ssn_root(tmp_path_factory):
+    """One tiny classify run with --norm ssn through the real command line."""
+    root = tmp_path_factory.mktemp("sparse") / "runs"
+    run("classify", ["--norm", "ssn", "--root", str(root), *CLASSIFY_TINY])
+    return root
+
+
+def test_classify_with_sparse_sn_ends_one_hot(ssn_root):
+    rundir = ssn_root / "classify-default" / "ssn_4x8_s0"
+    summary = json.loads((rundir / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["final"]["test_acc"] > 0.3  # synthetic data, ten classes: chance is 0.1
+    frame = weights(rundir / "weights.csv")
+    check_one_hot_at_the_end(frame)
+    choices = sparse_choices(frame)
+    assert set(choices["choice"]) <= {"in", "ln", "bn"}
+    assert len(choices) == frame.groupby(["layer", "stat"]).ngroups
+    assert choices["one_hot"].all()
+
+
+def test_dashboard_shows_what_each_layer_ended_on(ssn_root, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SN_RUNS_ROOT", str(ssn_root))
+    monkeypatch.setenv("SN_REFERENCE_ROOT", str(ssn_root.parent / "no-reference-results"))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    specs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    shares = [s for s in specs if s["layout"]["title"]["text"].startswith("Which normalizer each layer ended on")]
+    assert len(shares) == 1
+    frame = weights(ssn_root / "classify-default" / "ssn_4x8_s0" / "weights.csv")
+    want = sparse_choices(frame)
+    for trace in shares[0]["data"]:  # one bar per op and statistic: the share of the run's layers
+        stat = "mean" if trace["xaxis"] == "x" else "var"
+        op = trace["legendgroup"]
+        expected = (want[want["stat"].eq(stat)]["choice"] == op).mean()
+        assert values(trace["y"]) == pytest.approx([expected]), (stat, op)
+    matrix = [d.value for d in at.dataframe if list(d.value.columns) == ["mean", "var"]]
+    assert len(matrix) == 1 and len(matrix[0]) == want["layer"].nunique()
+    assert not matrix[0].stack().str.endswith("?").any()
+
+
+def test_stylize_with_sparse_sn_ends_one_hot(tmp_path):
+    root = tmp_path / "runs"
+    run("stylize", ["--norm", "ssn", "--root", str(root), *STYLIZE_TINY], env={"TORCH_HOME": str(tmp_path / "th")})
+    rundir = root / "stylize-default" / "ssn_s0"
+    assert json.loads((rundir / "summary.json").read_text())["status"] == "finished"
+    check_one_hot_at_the_end(weights(rundir / "weights.csv"))
+
+
+def test_table2_analogue_has_an_ssn_row_taking_ssn_inln_at_one_sample():
+    from analysis.tables import accuracy_table
+
+    rows = []
+    for norm, batch, acc in [("bn", "8x2", 0.80), ("sn", "8x2", 0.85), ("ssn", "8x2", 0.86), ("ssn-inln", "8x1", 0.84),
+                             ("sn-inln", "8x1", 0.83), ("bn", "8x1", 0.3)]:
+        rows.append({"task": "classify", "status": "finished", "norm": norm, "batch": batch,
+                     "final_test_acc": acc, "seed": 0})
+    table = accuracy_table(pd.DataFrame(rows))
+    assert table.loc["SSN", "8x2"] == pytest.approx(86.0) and table.loc["SSN", "8x1"] == pytest.approx(84.0)
+    assert table.loc["SN", "8x1"] == pytest.approx(83.0)
+    assert ("SSN", "8x1") in table.attrs["marked"] and ("SN", "8x1") in table.attrs["marked"]
+    assert "SSN-INLN" not in table.index
+    assert any("ssn-inln" in text for text in table.attrs["footnotes"])
