@@ -215,6 +215,55 @@ def bench_resnet50(device, repeats, batch=32, size=224, variants=RESNET50_VARIAN
     return {name: ips / result["bn"] for name, ips in result.items() if name != "bn"}
 
 
+def _one_hot_ssn(seed, tied):
+    """ResNet-20 with Sparse SN at the end of its radius schedule: seeded logits, so each layer's
+    means and variances end on a drawn normalizer (``tied``: the same one for both, every layer
+    then freezes into a plain one)."""
+    torch.manual_seed(seed)
+    model = small_resnet("ssn")
+    with torch.no_grad():
+        for _, layer in sn.switch_norm_layers(model):
+            layer.mean_weight.normal_()
+            layer.var_weight.copy_(layer.mean_weight) if tied else layer.var_weight.normal_()
+            layer.running_var.uniform_(0.5, 2.0)
+    sn.set_radius(model, 10.0)  # the largest radius: one-hot
+    return model.eval()
+
+
+def bench_eval_deploy(device, repeats, batch=64):
+    """Eval of a CIFAR-style ResNet-20, end to end: BN, SN, Sparse SN one-hot, and Sparse SN
+    frozen by :func:`sn.freeze` into plain layers (as drawn, and with tied mean/variance choices);
+    images/s and ratios to BN."""
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    models = {}
+    torch.manual_seed(0)
+    models["bn"] = small_resnet("bn").eval()
+    torch.manual_seed(0)
+    models["sn"] = small_resnet("sn").eval()
+    models["ssn one-hot"] = _one_hot_ssn(0, tied=False)
+    notes = {}
+    for name, tied in (("ssn frozen", False), ("ssn frozen, tied", True)):
+        source = _one_hot_ssn(0, tied=tied)
+        plan = sn.freeze_plan(source)
+        models[name] = sn.freeze(source)
+        notes[name] = f"{sum(p['action'] == 'frozen' for p in plan)} of {len(plan)} layers plain"
+    fns = {}
+    for name, model in models.items():
+        model = model.to(device)
+
+        @torch.no_grad()
+        def forward(model=model):
+            model(x)
+
+        fns[name] = forward
+    result = {name: batch / t for name, t in median_times(fns, device, repeats).items()}
+    print(f"\n### End to end: ResNet-20 eval (inference), batch {batch}, 32x32\n")
+    print("| model | images/s | ratio to BN | note |\n|---|---|---|---|")
+    for name, ips in result.items():
+        print(f"| {name} | {ips:.0f} | {ips / result['bn']:.2f}x | {notes.get(name, '')} |")
+    return {name: ips / result["bn"] for name, ips in result.items() if name != "bn"}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -265,6 +314,8 @@ def main(argv=None):
     if not args.no_e2e:
         ratio = bench_end_to_end(device, max(5, args.repeats // 2), compile_too=args.compile)
         summary.append(f"ResNet-20 images/s {ratio:.2f}x BN")
+        deploy = bench_eval_deploy(device, max(5, args.repeats // 2))
+        summary.append("ResNet-20 eval images/s " + ", ".join(f"{k} {v:.2f}x BN" for k, v in deploy.items()))
         if device.type == "cuda":
             ratios = bench_resnet50(device, max(5, args.repeats // 2))
             summary.append("ResNet-50 images/s " + ", ".join(f"{k} {v:.2f}x BN" for k, v in ratios.items()))

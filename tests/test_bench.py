@@ -35,3 +35,12 @@ def test_resnet50_figure_runs_and_converts_every_norm(capsys):
                                      variants={"bn": None, "sn": "torch"})
     out = capsys.readouterr().out
     assert "| bn |" in out and "| sn |" in out and set(ratios) == {"sn"} and ratios["sn"] > 0
+
+
+def test_eval_deploy_figure_compares_sn_sparse_sn_and_frozen(capsys):
+    ratios = bench_sn.bench_eval_deploy(torch.device("cpu"), repeats=1, batch=2)
+    out = capsys.readouterr().out
+    assert set(ratios) == {"sn", "ssn one-hot", "ssn frozen", "ssn frozen, tied"}
+    assert all(r > 0 for r in ratios.values())
+    # tied choices: every SN layer of ResNet-20 (21 with the shortcuts') became a plain layer
+    assert "| ssn frozen, tied |" in out and "21 of 21 layers plain" in out
