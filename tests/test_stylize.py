@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sn
 import torch
 import yaml
 
@@ -364,3 +365,17 @@ def test_resume_after_a_crash_continues_the_same_run_without_duplicate_rows(quic
     assert sorted(got) == list(range(1, 11))
     for step in got:
         assert got[step] == pytest.approx(want[step], rel=1e-4), step
+
+
+def test_importance_logits_learn_at_their_own_rate():
+    from tasks.stylize.config import StylizeConfig
+    from tasks.stylize.module import StylizeModule
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the random-init VGG16 fallback's warning)
+        module = StylizeModule(StylizeConfig(norm="sn", width=8, res_blocks=1, lr=2e-3, logit_lr_scale=25.0), 1)
+    groups = module.configure_optimizers().param_groups
+    logits = {id(m.mean_weight) for _, m in sn.switch_norm_layers(module.net)}
+    (fast,) = [g for g in groups if {id(p) for p in g["params"]} & logits]
+    assert fast["lr"] == pytest.approx(0.05) and {id(p) for p in fast["params"]} >= logits
+    assert all(g["lr"] == pytest.approx(2e-3) for g in groups if g is not fast)

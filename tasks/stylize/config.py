@@ -29,6 +29,8 @@ class StylizeConfig(RunConfig):
     width: int = count(32, "channels of the network's stem (Johnson et al.: 32)")
     res_blocks: int = count(5, "residual blocks (Johnson et al.: 5)")
     lr: float = key(1e-3, "Adam learning rate (no weight decay, as in the paper)", gt=0)
+    logit_lr_scale: float = key(1.0, "SN's importance logits learn at lr * this (the paper: 1, one learning rate)",
+                                gt=0)
     content_layer: str = key("relu2_2", "VGG16 layer of the content loss (relu2_2 or relu3_3)",
                              choices=tuple(VGG16_RELU_INDEX))
     content_weight: float = key(1.0, "weight of the content loss", min=0)

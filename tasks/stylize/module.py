@@ -63,7 +63,10 @@ class StylizeModule(pl.LightningModule):
         return losses["total_loss"]
 
     def configure_optimizers(self):
-        return torch.optim.Adam(sn.param_groups(self.net, 0.0), lr=self.cfg.lr)
+        groups = sn.param_groups(self.net, 0.0)
+        for group in groups[1:]:  # the importance logits' group, present when the network has SN layers
+            group["lr"] = self.cfg.lr * self.cfg.logit_lr_scale
+        return torch.optim.Adam(groups, lr=self.cfg.lr)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         every, step = self.cfg.sample_every_n_steps, self.trainer.global_step
