@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis import detect, figures, sparse, tables
-from analysis.aggregate import final_weights, order_batches
+from analysis.aggregate import exclude_sparse, final_weights, order_batches
 from analysis.load import REFERENCE, RunData, files_signature, list_samples, load_sources, read_architectures
 
 REFERENCE_ROOT = Path(__file__).resolve().parent / "results"
@@ -108,8 +108,9 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
     options = (["task and source"] if mixed else []) + ["task", "experiment"]
     by = st.radio("Group by", options, horizontal=True)
     if by == "task and source":  # your runs and the reference results apart
-        tagged = weights.assign(task_source=weights["task"].astype(str)
-                                + weights["source"].map({REFERENCE: " (reference)"}).fillna(""))
+        softmax = exclude_sparse(weights)  # (Sparse SN's one-hot weights have their own view below)
+        tagged = softmax.assign(task_source=softmax["task"].astype(str)
+                                + softmax["source"].map({REFERENCE: " (reference)"}).fillna(""))
         st.plotly_chart(figures.fig_average_weights(tagged, "task_source", title="Importance weights per task (Fig. 1c)"),
                         key="fig1c")
     else:

@@ -15,7 +15,17 @@ import pandas as pd
 from runformat import parse_batch
 
 OP_ORDER = ("in", "ln", "bn", "gn")
+# Sparse SN's weights end one-hot by construction: averaged with SN's softmax weights they would
+# distort Fig. 1(c) and Fig. 4, so those leave them out (analysis.sparse shows them)
+SPARSE_NORMS = ("ssn", "ssn-inln")
 STAT_ORDER = ("mean", "var")
+
+
+def exclude_sparse(weights: pd.DataFrame) -> pd.DataFrame:
+    """The weights of runs whose norm is not Sparse SN (:data:`SPARSE_NORMS`)."""
+    if "norm" not in weights.columns:
+        return weights
+    return weights[~weights["norm"].isin(SPARSE_NORMS)]
 
 
 def batch_sort_key(batch) -> tuple:

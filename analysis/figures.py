@@ -25,8 +25,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from analysis.aggregate import (STAT_ORDER, add_blocks, average_weights, deviation_from_uniform, layer_matrix,
-                                network_trajectory, order_batches, order_ops)
+from analysis.aggregate import (STAT_ORDER, add_blocks, average_weights, deviation_from_uniform, exclude_sparse,
+                                layer_matrix, network_trajectory, order_batches, order_ops)
 
 OP_COLORS = {"in": "#1f77b4", "ln": "#ff7f0e", "bn": "#2ca02c", "gn": "#d62728"}
 STAT_TITLES = {"mean": "means (\u03bc)", "var": "variances (\u03c3)"}
@@ -68,12 +68,13 @@ def fig_weights_by_task(weights: pd.DataFrame, by: str = "task") -> go.Figure:
     """Fig. 1(c): average IN/LN/BN/GN weights per task (``by="experiment"``: per experiment)."""
     if by not in ("task", "experiment"):
         raise ValueError(f"by must be 'task' or 'experiment', got {by!r}")
-    return fig_average_weights(weights, by, title=f"Importance weights per {by} (Fig. 1c)")
+    return fig_average_weights(exclude_sparse(weights), by, title=f"Importance weights per {by} (Fig. 1c)")
 
 
 def fig_weights_by_batch(weights: pd.DataFrame) -> go.Figure:
     """Fig. 4: average weights per batch setting ("GxS") of the classification runs."""
     title = "Importance weights per batch setting (Fig. 4)"
+    weights = exclude_sparse(weights)  # (Sparse SN's one-hot weights have their own view)
     if "task" in weights.columns:
         weights = weights[weights["task"].eq("classify")]
     weights = weights[weights["batch"].notna()]

@@ -11,9 +11,9 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from analysis.aggregate import OP_ORDER, STAT_ORDER, final_weights, order_ops
+from analysis.aggregate import OP_ORDER, SPARSE_NORMS, STAT_ORDER, final_weights, order_ops
 
-SPARSE_NORMS = ("ssn", "ssn-inln")
+__all__ = ["SPARSE_NORMS", "choice_matrix", "choice_shares", "fig_choice_shares", "sparse_choices"]
 
 
 def sparse_choices(weights: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from analysis.aggregate import average_weights, order_batches, order_ops
+from analysis.aggregate import average_weights, exclude_sparse, order_batches, order_ops
 from runformat import parse_batch
 
 NORM_ORDER = ("bn", "gn", "in", "ln", "sn", "sn-inln", "ssn", "ssn-inln", "sn-lngn", "sn-all", "none")
@@ -227,7 +227,9 @@ def comparison_markdown(ours: pd.DataFrame, digits: int = 1) -> str:
 def weights_by_batch(weights: pd.DataFrame) -> pd.DataFrame:
     """Fig. 4 as a table: the average importance weight of each op (columns ``(stat, op)``) per
     batch setting (rows, paper order) of the classification runs with SN layers, averaged as
-    :func:`analysis.aggregate.average_weights` does (over each run's layers, then its runs)."""
+    :func:`analysis.aggregate.average_weights` does (over each run's layers, then its runs).
+    Sparse SN runs are left out (their weights are one-hot by construction)."""
+    weights = exclude_sparse(weights)
     if "task" in weights.columns:
         weights = weights[weights["task"].eq("classify")]
     weights = weights[weights["batch"].notna()] if "batch" in weights.columns else weights.iloc[0:0]

@@ -125,3 +125,22 @@ def test_table2_analogue_has_an_ssn_row_taking_ssn_inln_at_one_sample():
     assert ("SSN", "8x1") in table.attrs["marked"] and ("SN", "8x1") in table.attrs["marked"]
     assert "SSN-INLN" not in table.index
     assert any("ssn-inln" in text for text in table.attrs["footnotes"])
+
+
+def test_fig4_and_fig1c_leave_sparse_sn_out():
+    """Sparse SN's one-hot weights would distort SN's averages: Fig. 4 and Fig. 1(c) skip them."""
+    from analysis.figures import fig_weights_by_task
+    from analysis.tables import weights_by_batch
+
+    rows = []
+    for run_id, norm, w in [("a", "sn", (0.2, 0.3, 0.5)), ("b", "ssn", (0.0, 0.0, 1.0))]:
+        for stat in ("mean", "var"):
+            for op, value in zip(("in", "ln", "bn"), w):
+                rows.append({"run_id": run_id, "task": "classify", "norm": norm, "batch": "8x2", "step": 10,
+                             "layer": "l1", "stat": stat, "op": op, "weight": value, "experiment": "e"})
+    frame = pd.DataFrame(rows)
+    table = weights_by_batch(frame)
+    assert table.loc["8x2", ("mean", "bn")] == pytest.approx(0.5) and table.loc["8x2", ("runs", "")] == 1
+    fig = fig_weights_by_task(frame)
+    bn_mean = [t for t in fig.to_dict()["data"] if t["meta"] == {"stat": "mean", "op": "bn"}][0]
+    assert list(bn_mean["y"]) == pytest.approx([0.5])
