@@ -37,7 +37,7 @@ class DetectConfig(RunConfig):
                                f"but none for {FROZEN_BN})")
     rpn_norm: bool = key(False, "also normalize the RPN head's convolutions with head_norm (the paper does not)")
     batch: str = key("2x2", "GxS: G devices x S images per device (the paper: 8x2)")
-    epochs: int = count(3, "training epochs")
+    epochs: int = count(2, "training epochs")
     arch: str = key("maskrcnn", "Mask R-CNN or Faster R-CNN, both with FPN", choices=ARCHS)
     backbone: str = key("resnet10", "torchvision ResNet body (resnet10: BasicBlocks [1, 1, 1, 1])", choices=BACKBONES)
     backbone_checkpoint: Optional[str] = key(None, "initialise the backbone from a classification checkpoint "
@@ -62,7 +62,7 @@ class DetectConfig(RunConfig):
                                         "annotations/instances_<split>.json")
     train_split: str = key("train2017", "coco: the training split")
     val_split: str = key("val2017", "coco: the evaluation split")
-    train_images: Optional[int] = count(2048, "training images (synthetic: generated; coco: a seeded subset, "
+    train_images: Optional[int] = count(1024, "training images (synthetic: generated; coco: a seeded subset, "
                                               "none: all)")
     val_images: Optional[int] = count(128, "evaluation images (synthetic: generated; coco: a seeded subset, none: all)")
     image_size: int = count(64, "synthetic: side of the square images")
