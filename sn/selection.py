@@ -53,14 +53,29 @@ _FACES = {k: [[j in s for j in range(k)] for size in range(1, k + 1) for s in it
           for k in range(1, 5)}
 
 
+def _host_value(radius) -> float:
+    """The radius as a number when reading it costs nothing and records nothing (eager mode, a
+    number or a CPU tensor); -1 otherwise (traced, compiled, under torch.func, or on a GPU)."""
+    if isinstance(radius, (int, float)):
+        return float(radius)
+    if (not radius.is_cpu or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return -1.0
+    return float(radius)
+
+
 def sparsestmax(z: Tensor, radius) -> Tensor:
     """Sparsestmax of logits ``z`` (``(..., K)``) at ``radius`` (a number or a 0-d tensor, in
     ``[0, sqrt((K-1)/K)]``; larger values act as the maximum): weights on the simplex, at least
     ``radius`` from its centre, closest to ``z``. See the module docstring."""
     k = int(z.shape[-1])  # (a constant: under tracing, the example's)
     dtype = z.dtype
-    r = torch.as_tensor(radius, dtype=dtype, device=z.device)
     r_max = max_radius(k)
+    if _host_value(radius) >= r_max * (1 - 1e-6):  # (eager, radius on the host) the schedule's end: one-hot
+        vertex = (torch.arange(k, device=z.device) == z.argmax(-1, keepdim=True)).to(dtype)
+        return vertex + 0.0 * z  # (the logits stay in the graph with a zero gradient, as on the full path: DDP
+        # counts a parameter outside the graph as unused)
+    r = torch.as_tensor(radius, dtype=dtype, device=z.device)
     r = r.clamp(0.0, r_max)
     if k not in _FACES:
         raise ValueError(f"sparsestmax takes 1 to 4 logits (SN's statistics), got {k}")
