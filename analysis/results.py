@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from analysis.load import load_runs
+from analysis.sparse import sparse_markdown
 from analysis.tables import accuracy_table, comparison_markdown, table_markdown, weights_by_batch, weights_markdown
 
 CREATE_HINT = ("Create runs first, e.g.: python -m tasks.classify --experiment table2-quick "
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only runs evaluated with these statistics (default: all)")
     parser.add_argument("--digits", type=int, default=1, help="decimals shown (default: 1)")
     parser.add_argument("--paper", action="store_true",
-                        help="also print our table beside the paper's Table 2 and SN's weights per batch setting (Fig. 4)")
+                        help="also print our table beside the paper's Table 2, SN's weights per batch setting (Fig. 4) "
+                             "and the normalizers Sparse SN's layers ended on")
     return parser
 
 
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + comparison_markdown(table, digits=args.digits), end="")
         print("\nSN's importance weights per batch setting (Fig. 4):\n\n" + weights_markdown(weights_by_batch(data.weights)),
               end="")
+        sparse = sparse_markdown(data.weights)
+        if sparse:
+            print("\nSparse SN: the layers (of each run) that ended on each normalizer, and how many of its\n"
+                  "mean and variance selections are exactly one-hot:\n\n" + sparse, end="")
     return 0
 
 

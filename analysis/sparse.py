@@ -11,9 +11,9 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from analysis.aggregate import OP_ORDER, SPARSE_NORMS, STAT_ORDER, final_weights, order_ops
+from analysis.aggregate import OP_ORDER, SPARSE_NORMS, STAT_ORDER, batch_sort_key, final_weights, order_ops
 
-__all__ = ["SPARSE_NORMS", "choice_matrix", "choice_shares", "fig_choice_shares", "sparse_choices"]
+__all__ = ["SPARSE_NORMS", "choice_matrix", "choice_shares", "fig_choice_shares", "sparse_choices", "sparse_markdown"]
 
 
 def sparse_choices(weights: pd.DataFrame) -> pd.DataFrame:
@@ -72,3 +72,34 @@ def choice_matrix(choices: pd.DataFrame, run_id: str) -> pd.DataFrame:
     shown = one.assign(choice=one["choice"].where(one["one_hot"], one["choice"] + "?"))
     table = shown.pivot(index="layer", columns="stat", values="choice")
     return table.reindex(index=list(dict.fromkeys(one["layer"])), columns=[s for s in STAT_ORDER if s in table])
+
+
+def sparse_markdown(weights: pd.DataFrame) -> str:
+    """Per Sparse SN classification run (norm in :data:`SPARSE_NORMS`, with a ``batch``): how many
+    of its layers ended on each normalizer, means and variances, and how many of them are exactly
+    one-hot, as a markdown table (an empty string when there are no such runs)."""
+    if weights.empty or "norm" not in weights.columns:
+        return ""
+    weights = weights[weights["norm"].isin(SPARSE_NORMS)]
+    if "task" in weights.columns:
+        weights = weights[weights["task"].eq("classify")]
+    if weights.empty:
+        return ""
+    choices = sparse_choices(weights)
+    shares = choice_shares(choices)
+    ops = order_ops(shares["op"]) if not shares.empty else []
+    meta = weights.drop_duplicates("run_id").set_index("run_id")
+    lines = ["| run | batch | " + " | ".join(f"{op.upper()} {stat}" for stat in STAT_ORDER for op in ops)
+             + " | one-hot |", "|" + " --- |" * (3 + len(ops) * len(STAT_ORDER))]
+    def order(run_id):
+        return (batch_sort_key(meta.loc[run_id, "batch"]) if "batch" in meta.columns else (), run_id)
+
+    for run_id in sorted(choices["run_id"].unique(), key=order):
+        group = choices[choices["run_id"].eq(run_id)]
+        n_layers = group["layer"].nunique()
+        mine = shares[shares["run_id"].eq(run_id)].set_index(["stat", "op"])["layers"]
+        cells = [f"{int(mine.get((stat, op), 0))}/{n_layers}" for stat in STAT_ORDER for op in ops]
+        batch = meta.loc[run_id, "batch"] if "batch" in meta.columns else "–"
+        lines.append(f"| {run_id} | {batch} | " + " | ".join(cells)
+                     + f" | {int(group['one_hot'].sum())}/{len(group)} |")
+    return "\n".join(lines) + "\n"

@@ -144,3 +144,53 @@ def test_fig4_and_fig1c_leave_sparse_sn_out():
     fig = fig_weights_by_task(frame)
     bn_mean = [t for t in fig.to_dict()["data"] if t["meta"] == {"stat": "mean", "op": "bn"}][0]
     assert list(bn_mean["y"]) == pytest.approx([0.5])
+
+
+def test_sparse_table_counts_the_layers_on_each_normalizer():
+    """analysis.results' Sparse SN table: the last logged step decides, one-hot selections are
+    counted, SN runs and earlier steps are ignored, runs come in the paper's batch order."""
+    from analysis.sparse import sparse_markdown
+
+    rows = []
+    layers = {"l1": ((0, 0, 1), (0, 1, 0)), "l2": ((0, 0, 1), (1, 0, 0)), "l3": ((0.1, 0.2, 0.7), (0, 0, 1))}
+    for run_id, norm, batch in [("e/ssn_8x2", "ssn", "8x2"), ("e/ssn_8x32", "ssn", "8x32"), ("e/sn", "sn", "8x2")]:
+        for layer, (mean_w, var_w) in layers.items():
+            for stat, ws in (("mean", mean_w), ("var", var_w)):
+                for op, value in zip(("in", "ln", "bn"), ws):
+                    rows.append({"run_id": run_id, "task": "classify", "norm": norm, "batch": batch, "step": 5,
+                                 "layer": layer, "stat": stat, "op": op, "weight": 1 / 3, "experiment": "e"})
+                    rows.append({"run_id": run_id, "task": "classify", "norm": norm, "batch": batch, "step": 9,
+                                 "layer": layer, "stat": stat, "op": op, "weight": float(value), "experiment": "e"})
+    lines = sparse_markdown(pd.DataFrame(rows)).splitlines()
+    assert lines[0] == "| run | batch | IN mean | LN mean | BN mean | IN var | LN var | BN var | one-hot |"
+    assert lines[2:] == ["| e/ssn_8x32 | 8x32 | 0/3 | 0/3 | 3/3 | 1/3 | 1/3 | 1/3 | 5/6 |",
+                         "| e/ssn_8x2 | 8x2 | 0/3 | 0/3 | 3/3 | 1/3 | 1/3 | 1/3 | 5/6 |"]
+    assert sparse_markdown(pd.DataFrame(rows)[lambda f: f["norm"].eq("sn")]) == ""
+
+
+def test_results_command_reports_the_committed_sparse_runs():
+    """On the reference results: each Sparse SN run's counts equal the argmax of its weights.csv's
+    last step, read here with the csv module alone."""
+    out = subprocess.run([sys.executable, "-m", "analysis.results", "--root", str(REPO / "results"),
+                          "--experiment", "table2-quick", "--paper"], capture_output=True, text=True, cwd=REPO,
+                         check=True).stdout
+    runs = sorted((REPO / "results" / "table2-quick").glob("ssn_*"))
+    assert runs, "the reference results hold Sparse SN runs"
+    for rundir in runs:
+        with open(rundir / "weights.csv", newline="") as fh:
+            table = list(csv.DictReader(fh))
+        last = max(int(r["step"]) for r in table)
+        final = {}
+        for r in table:
+            if int(r["step"]) == last:
+                final.setdefault((r["layer"], r["stat"]), {})[r["op"]] = float(r["weight"])
+        n_layers = len({layer for layer, _ in final})
+        cells = []
+        for stat in ("mean", "var"):
+            for op in ("in", "ln", "bn"):
+                count = sum(1 for (_, s), ws in final.items() if s == stat and max(ws, key=ws.get) == op)
+                cells.append(f"{count}/{n_layers}")
+        one_hot = sum(1 for ws in final.values() if sorted(ws.values()) == [0.0, 0.0, 1.0])
+        row = f"| table2-quick/{rundir.name} | {rundir.name.split('_')[1]} | " + " | ".join(cells) \
+            + f" | {one_hot}/{len(final)} |"
+        assert row in out.splitlines(), (row, out)
