@@ -3,7 +3,6 @@ per-layer views, the paper's Table 2 beside ours, and the reload watcher."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
