@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import sn
 
-from ..common.config import RunConfig, count, key, parse_batch
+from ..common.config import RunConfig, ScaledBatch, count, key, parse_batch
 from .model import MODELS
 
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder", "synthetic")
@@ -15,7 +15,7 @@ EVAL_STATS = ("batch_average", "moving_average")
 
 
 @dataclasses.dataclass
-class ClassifyConfig(RunConfig):
+class ClassifyConfig(ScaledBatch, RunConfig):
     """The classification task's config (keys of RunConfig plus these)."""
 
     task: str = key("classify", "the task", group="run")
@@ -46,22 +46,6 @@ class ClassifyConfig(RunConfig):
     eval_stats: str = key("batch_average", "SN's BN statistics for evaluation", choices=EVAL_STATS)
     update_stats_batches: int = count(20, "training batches averaged by batch_average")
     eval_batch_size: int = count(256, "batch size for validation and test")
-
-    @property
-    def batch_size(self) -> int:
-        """Images per optimizer step, G*S."""
-        g, s = parse_batch(self.batch)
-        return g * s
-
-    @property
-    def num_devices(self) -> int:
-        """G, the number of virtual devices of the batch setting."""
-        return parse_batch(self.batch)[0]
-
-    @property
-    def lr(self) -> float:
-        """The scaled learning rate, base_lr * G*S / ref_batch."""
-        return self.base_lr * self.batch_size / self.ref_batch
 
     def validate(self) -> None:
         super().validate()

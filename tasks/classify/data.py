@@ -19,7 +19,7 @@ from typing import Optional
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..common.config import batch_layout
+from ..common.mixins import BatchLoaders
 from ..common.data import (IMAGENET_STATS, TensorImageDataset, image_folder, split_indices, tensor_images,
                            train_val_datasets)
 from .config import ClassifyConfig
@@ -31,7 +31,7 @@ def _subset(ds: Dataset, n: Optional[int], seed: int) -> Dataset:
     return Subset(ds, split_indices(len(ds), [n], seed)[0].tolist())
 
 
-class ClassifyData(pl.LightningDataModule):
+class ClassifyData(BatchLoaders, pl.LightningDataModule):
     """Train / validation / test sets of ``cfg.dataset`` and their loaders.
 
     :meth:`setup` loads the sets once (``num_classes`` and ``in_channels`` are known from
@@ -84,28 +84,6 @@ class ClassifyData(pl.LightningDataModule):
         self.train_set, self.val_set = Subset(train_all, train_idx.tolist()), Subset(eval_view, val_idx.tolist())
         self.test_set = _subset(test, cfg.test_subset, cfg.seed)
         self.num_classes, self.in_channels = len(train_all.classes), 3
-
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
-        workers = self.cfg.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
-                          persistent_workers=workers > 0)
-
-    def per_process_batch(self) -> int:
-        """Images per training batch in this process: G*S over the processes of the Trainer."""
-        world = self.trainer.world_size if self.trainer is not None else 1
-        return batch_layout(self.cfg.batch, world)[0]
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.per_process_batch(), train=True)
-
-    def stats_loader(self) -> DataLoader:
-        """Training batches for SN's batch average (:func:`sn.update_stats`), made once."""
-        if self._stats_loader is None:
-            self._stats_loader = self.train_dataloader()
-        return self._stats_loader
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.cfg.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.cfg.eval_batch_size)

@@ -9,7 +9,6 @@ averages, as in the paper.
 from __future__ import annotations
 
 import math
-import time
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -17,6 +16,7 @@ import sn
 import torch
 import torch.nn.functional as F
 
+from ..common.mixins import Throughput
 from .config import ClassifyConfig
 from .model import build_model
 
@@ -41,7 +41,7 @@ def optimizer_groups(net: torch.nn.Module, cfg: ClassifyConfig) -> list:
     return groups
 
 
-class ClassifyModule(pl.LightningModule):
+class ClassifyModule(Throughput, pl.LightningModule):
     """The network, its SGD optimizer and schedule, and SN's batch-average evaluation."""
 
     def __init__(self, cfg: ClassifyConfig, num_classes: int, in_channels: int, devices: Optional[int] = None) -> None:
@@ -49,7 +49,6 @@ class ClassifyModule(pl.LightningModule):
         self.cfg = cfg
         devices = cfg.num_devices if devices is None else devices  # virtual devices in this process
         self.net = build_model(cfg.model, cfg.norm, devices, num_classes, in_channels, cfg.depth, cfg.width)
-        self._t_last = None
 
     def forward(self, x):
         return self.net(x)
@@ -66,14 +65,8 @@ class ClassifyModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/acc", acc, prog_bar=True, batch_size=n)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
-        now = time.perf_counter()
-        if self._t_last is not None:
-            self.log("train/throughput", n / max(now - self._t_last, 1e-9), batch_size=n)
-        self._t_last = now
+        self.log_throughput(n)
         return loss
-
-    def on_train_epoch_start(self) -> None:
-        self._t_last = None  # do not count validation time as training time
 
     def validation_step(self, batch, batch_idx):
         loss, acc, n = self._step(batch)

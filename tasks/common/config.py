@@ -104,6 +104,27 @@ def check_bounds(cfg) -> None:
             raise ValueError(f"{f.name} must be {bounds_text(meta)}{optional}, got {value!r}")
 
 
+class ScaledBatch:
+    """For a config with ``batch`` (``GxS``), ``base_lr`` and ``ref_batch`` fields: the images a
+    step, the virtual devices and the linearly scaled learning rate (classify and detect)."""
+
+    @property
+    def batch_size(self) -> int:
+        """Images per optimizer step, G*S."""
+        g, s = parse_batch(self.batch)
+        return g * s
+
+    @property
+    def num_devices(self) -> int:
+        """G, the number of virtual devices of the batch setting."""
+        return parse_batch(self.batch)[0]
+
+    @property
+    def lr(self) -> float:
+        """The scaled learning rate, base_lr * G*S / ref_batch."""
+        return self.base_lr * self.batch_size / self.ref_batch
+
+
 @dataclasses.dataclass
 class RunConfig:
     """Keys shared by every task (a task's config class derives from this one)."""

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import sn
 
-from ..common.config import RunConfig, count, key, parse_batch
+from ..common.config import RunConfig, ScaledBatch, count, key, parse_batch
 
 ARCHS = ("maskrcnn", "fasterrcnn")
 BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50")
@@ -27,7 +27,7 @@ def check_norm(name: str, what: str = "norm") -> None:
 
 
 @dataclasses.dataclass
-class DetectConfig(RunConfig):
+class DetectConfig(ScaledBatch, RunConfig):
     """The detection task's config (keys of RunConfig plus these)."""
 
     task: str = key("detect", "the task", group="run")
@@ -96,22 +96,6 @@ class DetectConfig(RunConfig):
         super().__post_init__()
         if self.head_norm == AUTO:  # resolved now, so config.yaml records the heads' norm
             self.head_norm = "none" if self.norm == FROZEN_BN else self.norm
-
-    @property
-    def batch_size(self) -> int:
-        """Images per optimizer step, G*S."""
-        g, s = parse_batch(self.batch)
-        return g * s
-
-    @property
-    def num_devices(self) -> int:
-        """G, the number of virtual devices of the batch setting."""
-        return parse_batch(self.batch)[0]
-
-    @property
-    def lr(self) -> float:
-        """The scaled learning rate, base_lr * G*S / ref_batch."""
-        return self.base_lr * self.batch_size / self.ref_batch
 
     def validate(self) -> None:
         super().validate()

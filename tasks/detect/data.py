@@ -26,9 +26,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..common.config import batch_layout
+from ..common.mixins import BatchLoaders
 from ..common.data import DataMissing, split_indices
 from . import shapes
 from .config import DetectConfig
@@ -198,12 +198,14 @@ class CocoInstances(Dataset):
         return self.coco
 
 
-class DetectData(pl.LightningDataModule):
+class DetectData(BatchLoaders, pl.LightningDataModule):
     """The training and evaluation sets of ``cfg.dataset`` and their loaders.
 
     ``num_classes`` (with background) is known after :meth:`setup`. Training batches are
     shuffled and full; evaluation batches hold ``eval_batch_size`` images in order.
     """
+
+    collate_fn = staticmethod(collate)
 
     def __init__(self, cfg: DetectConfig) -> None:
         super().__init__()
@@ -230,28 +232,6 @@ class DetectData(pl.LightningDataModule):
                              f"{cfg.batch_size} (batch {cfg.batch!r}); raise train_images or use a smaller batch")
         if len(self.val_set) == 0:
             raise ValueError("the evaluation set has no images")
-
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
-        workers = self.cfg.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
-                          persistent_workers=workers > 0, collate_fn=collate)
-
-    def per_process_batch(self) -> int:
-        """Images per training batch in this process: G*S over the processes of the Trainer."""
-        world = self.trainer.world_size if self.trainer is not None else 1
-        return batch_layout(self.cfg.batch, world)[0]
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.per_process_batch(), train=True)
-
-    def stats_loader(self) -> DataLoader:
-        """Training batches for the batch average (:func:`sn.update_stats`), made once."""
-        if self._stats_loader is None:
-            self._stats_loader = self.train_dataloader()
-        return self._stats_loader
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.cfg.eval_batch_size)
 
     def sample_images(self, n: int) -> List:
         """The first ``n`` evaluation items (for the drawings of predictions)."""

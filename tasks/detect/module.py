@@ -15,7 +15,6 @@ a BN branch are first recomputed by the paper's batch average (``sn.update_stats
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -24,6 +23,7 @@ import sn
 import torch
 from torch import nn
 
+from ..common.mixins import Throughput
 from .config import DetectConfig
 from .evaluate import coco_metrics, draw_prediction, to_coco_results
 from .model import build_detector
@@ -58,7 +58,7 @@ def optimizer_groups(net: nn.Module, cfg: DetectConfig) -> List[Dict]:
     return [g for g in groups if g["params"]]
 
 
-class DetectModule(pl.LightningModule):
+class DetectModule(Throughput, pl.LightningModule):
     """The detector, its optimizer and schedule, and COCO evaluation of the evaluation set.
 
     Args:
@@ -78,7 +78,6 @@ class DetectModule(pl.LightningModule):
         self.names = dict(names or {})
         self._results: Dict[int, tuple] = {}
         self._gt = None
-        self._t_last = None
 
     def forward(self, images, targets=None):
         return self.net(images, targets)
@@ -96,14 +95,8 @@ class DetectModule(pl.LightningModule):
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), batch_size=n)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
-        now = time.perf_counter()
-        if self._t_last is not None:
-            self.log("train/throughput", n / max(now - self._t_last, 1e-9), batch_size=n)
-        self._t_last = now
+        self.log_throughput(n)
         return loss
-
-    def on_train_epoch_start(self) -> None:
-        self._t_last = None  # do not count evaluation time as training time
 
     def configure_optimizers(self):
         cfg = self.cfg
