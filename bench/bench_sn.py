@@ -207,12 +207,8 @@ def bench_resnet50(device, repeats, batch=32, size=224, variants=RESNET50_VARIAN
             opt.step()
 
         steps[name] = step
-    result = {name: batch / t for name, t in median_times(steps, device, repeats).items()}
-    print(f"\n### End to end: ResNet-50 training step, batch {batch}, {size}x{size}\n")
-    print("| norm | images/s | ratio to BN |\n|---|---|---|")
-    for name, ips in result.items():
-        print(f"| {name} | {ips:.0f} | {ips / result['bn']:.2f}x |")
-    return {name: ips / result["bn"] for name, ips in result.items() if name != "bn"}
+    return images_per_second(steps, device, repeats, batch, "norm",
+                             f"End to end: ResNet-50 training step, batch {batch}, {size}x{size}")
 
 
 def _one_hot_ssn(seed, tied):
@@ -256,11 +252,20 @@ def bench_eval_deploy(device, repeats, batch=64):
             model(x)
 
         fns[name] = forward
+    return images_per_second(fns, device, repeats, batch, "model",
+                             f"End to end: ResNet-20 eval (inference), batch {batch}, 32x32", notes)
+
+
+def images_per_second(fns, device, repeats, batch, label, title, notes=None):
+    """Time ``fns`` (name -> a call on one batch, ``"bn"`` among them) in one run, print images/s
+    and the ratio to BN as a markdown table under ``title``; returns the ratios but BN's."""
     result = {name: batch / t for name, t in median_times(fns, device, repeats).items()}
-    print(f"\n### End to end: ResNet-20 eval (inference), batch {batch}, 32x32\n")
-    print("| model | images/s | ratio to BN | note |\n|---|---|---|---|")
+    print(f"\n### {title}\n")
+    extra = ("", "") if notes is None else (" note |", "---|")
+    print(f"| {label} | images/s | ratio to BN |{extra[0]}\n|---|---|---|{extra[1]}")
     for name, ips in result.items():
-        print(f"| {name} | {ips:.0f} | {ips / result['bn']:.2f}x | {notes.get(name, '')} |")
+        note = "" if notes is None else f" {notes.get(name, '')} |"
+        print(f"| {name} | {ips:.0f} | {ips / result['bn']:.2f}x |{note}")
     return {name: ips / result["bn"] for name, ips in result.items() if name != "bn"}
 
 
