@@ -13,7 +13,8 @@ import sys
 
 from analysis.load import load_runs
 from analysis.sparse import sparse_markdown
-from analysis.tables import accuracy_table, comparison_markdown, table_markdown, weights_by_batch, weights_markdown
+from analysis.tables import (accuracy_table, comparison_markdown, epoch_weights_markdown, table_markdown, weights_by_batch,
+                             weights_by_epoch, weights_markdown)
 
 CREATE_HINT = ("Create runs first, e.g.: python -m tasks.classify --experiment table2-quick "
                "(or bash scripts/run.sh for all quick experiments)")
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--paper", action="store_true",
                         help="also print our table beside the paper's Table 2, SN's weights per batch setting (Fig. 4) "
                              "and the normalizers Sparse SN's layers ended on")
+    parser.add_argument("--by-epoch", action="store_true",
+                        help="also print SN's average BN weights (means, variances) at the end of every epoch, "
+                             "per batch setting, and how far they moved in each half of training")
     return parser
 
 
@@ -61,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         if sparse:
             print("\nSparse SN: the layers (of each run) that ended on each normalizer, and how many of its\n"
                   "mean and variance selections are exactly one-hot:\n\n" + sparse, end="")
+    if args.by_epoch:
+        print("\nSN's average BN weights at the end of each epoch (Fig. 4 over training):\n\n"
+              + epoch_weights_markdown(weights_by_epoch(data.weights)), end="")
     return 0
 
 

@@ -263,3 +263,62 @@ def weights_markdown(table: pd.DataFrame, digits: int = 3) -> str:
             lines += ["", f"Mean BN weight at {big} minus at {small}: {bn[big] - bn[small]:+.{digits}f} "
                           f"({bn[big]:.{digits}f} vs {bn[small]:.{digits}f})."]
     return "\n".join(lines) + "\n"
+
+
+def weights_by_epoch(weights: pd.DataFrame, ops=(("mean", "bn"), ("var", "bn"))) -> pd.DataFrame:
+    """Fig. 4 over training: for the classification runs with SN layers (Sparse SN left out), the
+    network-average weight of each ``(stat, op)`` of ``ops`` at the last logged step of every
+    epoch (rows: epoch 1, 2, ...; row 0 is the start), averaged over each run's layers, then over
+    the runs of each batch setting. Columns ``(batch, "BN mean")``-style, batches in paper order."""
+    weights = exclude_sparse(weights)
+    if "task" in weights.columns:
+        weights = weights[weights["task"].eq("classify")]
+    if weights.empty or "batch" not in weights.columns or "epoch" not in weights.columns:
+        return pd.DataFrame()
+    weights = weights[weights["batch"].notna()]
+    start = weights[weights["step"].eq(0)].assign(at=0)
+    # the rows written at the end of training carry Lightning's epoch count (one past the last
+    # epoch): they belong to the last epoch trained
+    final_step = weights.groupby("run_id")["step"].transform("max")
+    before = weights["epoch"].where(weights["step"].lt(final_step)).groupby(weights["run_id"]).transform("max")
+    weights = weights.assign(epoch=weights["epoch"].where(weights["step"].lt(final_step) | before.isna(),
+                                                          weights["epoch"].clip(upper=before)))
+    last = weights.groupby(["run_id", "epoch"])["step"].transform("max")
+    ends = weights[weights["step"].eq(last) & weights["step"].gt(0)]
+    ends = ends.assign(at=ends["epoch"].astype(int) + 1)
+    avg = average_weights(pd.concat([start, ends]), ["batch", "at"], final=False)
+    if avg.empty:
+        return pd.DataFrame()
+    columns = {}
+    for batch in order_batches(avg["batch"]):
+        for stat, op in ops:
+            sel = avg[avg["batch"].eq(batch) & avg["stat"].eq(stat) & avg["op"].eq(op)]
+            if not sel.empty:
+                columns[(batch, f"{op.upper()} {stat}")] = sel.set_index("at")["weight"]
+    table = pd.DataFrame(columns).sort_index()
+    table.index.name = "epoch"
+    return table
+
+
+def epoch_weights_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """:func:`weights_by_epoch` as markdown, with how far each column moved over the second half
+    of training against the first (a settled weight moves little late in training)."""
+    if table.empty:
+        return "_No SN classification runs with importance weights._"
+    lines = ["| epoch | " + " | ".join(f"{b} {name}" for b, name in table.columns) + " |",
+             "|" + " --- |" * (len(table.columns) + 1)]
+    for epoch, row in table.iterrows():
+        label = "start" if epoch == 0 else str(epoch)
+        lines.append(f"| {label} | " + " | ".join("–" if pd.isna(v) else f"{v:.{digits}f}" for v in row) + " |")
+    lines.append("")
+    for (batch, name), col in table.items():
+        col = col.dropna()
+        if len(col) < 3:
+            continue
+        end = col.index.max()
+        mid = col.index[col.index <= end / 2].max()
+        first, second = col.loc[mid] - col.iloc[0], col.iloc[-1] - col.loc[mid]
+        lines.append(f"- {batch} {name}: {col.iloc[0]:.{digits}f} -> {col.loc[mid]:.{digits}f} (epoch {mid}) -> "
+                     f"{col.iloc[-1]:.{digits}f} (epoch {end}): {first:+.{digits}f} in the first half, "
+                     f"{second:+.{digits}f} in the second")
+    return "\n".join(lines) + "\n"

@@ -362,3 +362,35 @@ def test_results_module_runs_as_a_command(root):
                            "--digits", "2"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| SN-GN | +4.00 | -2.00 |" in proc.stdout
+
+
+def test_weights_by_epoch_reads_each_epochs_last_row_and_the_final_one():
+    """Fig. 4 over training: per epoch the last logged step, averaged over layers then runs; the
+    rows written at the end (Lightning's epoch count, one past the last) count for the last epoch."""
+    from analysis.tables import epoch_weights_markdown, weights_by_epoch
+
+    rows = []
+
+    def add(run_id, step, epoch, layer, bn_mean, norm="sn"):
+        for stat, bn in (("mean", bn_mean), ("var", 0.5)):
+            rest = (1 - bn) / 2
+            for op, w in (("in", rest), ("ln", rest), ("bn", bn)):
+                rows.append({"run_id": run_id, "task": "classify", "norm": norm, "batch": "8x2", "step": step,
+                             "epoch": epoch, "layer": layer, "stat": stat, "op": op, "weight": w})
+
+    for run_id, shift in (("a", 0.0), ("b", 0.1)):
+        for layer, off in (("l1", 0.0), ("l2", 0.2)):
+            add(run_id, 0, 0, layer, 1 / 3)
+            add(run_id, 5, 0, layer, 0.9)        # superseded by step 10 of the same epoch
+            add(run_id, 10, 0, layer, 0.2 + off + shift)
+            add(run_id, 20, 1, layer, 0.1 + off + shift)
+            add(run_id, 25, 2, layer, 0.0 + off + shift)  # the end of training, epoch count 2
+    add("s", 25, 1, "l1", 1.0, norm="ssn")  # Sparse SN is left out
+    table = weights_by_epoch(pd.DataFrame(rows))
+    assert list(table.index) == [0, 1, 2]
+    assert table[("8x2", "BN mean")].tolist() == pytest.approx([1 / 3, 0.35, 0.15])  # epoch 2: step 25 (0.1, 0.2), not step 20
+    assert table[("8x2", "BN var")].tolist() == pytest.approx([0.5, 0.5, 0.5])
+    text = epoch_weights_markdown(table)
+    assert "| 2 | 0.150 | 0.500 |" in text
+    assert "- 8x2 BN mean: 0.333 -> 0.350 (epoch 1) -> 0.150 (epoch 2): +0.017 in the first half, -0.200 in the second" \
+        in text
