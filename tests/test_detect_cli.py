@@ -153,3 +153,36 @@ def test_a_coco_folder_trains_and_evaluates(tmp_path):
     final = json.loads((tmp_path / "detect-default" / "gn_2x2_s0" / "summary.json").read_text())["final"]
     assert final["steps"] == 2 and {"box_ap", "mask_ap"} <= set(final)
     assert len(list_predictions(tmp_path / "detect-default" / "gn_2x2_s0")) == 2
+
+
+def test_two_processes_evaluate_every_image_once(tmp_path):
+    """DDP on CPU (gloo): each process evaluates its share of the validation set; the COCO metric
+    is computed on the union, so the run reports AP over all 8 images (the module refuses a
+    partial set, tested below) and finishes like a one-process run."""
+    root = tmp_path / "runs"
+    proc = run_cli("--root", root, *without(TINY, "--threads", "--epochs"), *TINY_SYNTHETIC, "--epochs", "1",
+                   "--threads", "1", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu")
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr  # two processes did run
+    (rundir,) = [p for p in (root / "detect-default").iterdir() if p.is_dir()]
+    summary = json.loads((rundir / "summary.json").read_text())
+    assert summary["status"] == "finished", summary
+    assert 0.0 <= summary["final"]["box_ap"] <= 1.0 and summary["final"]["steps"] == 4
+    val = [r for r in rows(rundir / "metrics.csv") if r["split"] == "val" and r["name"] == "box_ap"]
+    assert len(val) == 1 and float(val[0]["value"]) == pytest.approx(summary["final"]["box_ap"])
+
+
+def test_an_evaluation_missing_images_is_refused():
+    """A union of per-process results that lacks an image (a sampler that dropped it) raises
+    instead of reporting an AP over part of the validation set."""
+    from types import SimpleNamespace
+
+    from tasks.detect.module import DetectModule
+
+    logged = []
+    stub = SimpleNamespace(trainer=SimpleNamespace(datamodule=SimpleNamespace(val_set=SimpleNamespace(image_ids=[1, 2, 3])),
+                                                   world_size=2),
+                           _gt=object(), cfg=SimpleNamespace(arch="maskrcnn"),
+                           gathered_results=lambda: {1: ([], []), 3: ([], [])}, log=lambda *a, **k: logged.append(a))
+    with pytest.raises(RuntimeError, match=r"saw 2 of the 3 validation images \(missing ids \[2\]"):
+        DetectModule.on_validation_epoch_end(stub)
+    assert logged == []

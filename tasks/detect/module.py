@@ -147,6 +147,11 @@ class DetectModule(Throughput, pl.LightningModule):
             self._gt = data.val_set.coco_gt()
         results = self.gathered_results()
         image_ids = data.val_set.image_ids
+        missing = sorted(set(image_ids) - set(results))
+        if missing:  # an AP over part of the set would pass for the whole set's
+            raise RuntimeError(f"the evaluation saw {len(image_ids) - len(missing)} of the {len(image_ids)} "
+                               f"validation images (missing ids {missing[:5]}...) over {self.trainer.world_size} "
+                               "process(es); refusing to report COCO AP for part of the set")
         boxes = [r for b, _ in results.values() for r in b]
         masks = [r for _, m in results.values() for r in m] if self.cfg.arch == "maskrcnn" else None
         for name, value in coco_metrics(self._gt, boxes, masks, image_ids).items():
