@@ -117,6 +117,37 @@ def test_large_offsets_and_tiny_maps_stay_accurate():
 
 
 @kernels
+@pytest.mark.parametrize("radius", [0.35, 10.0], ids=["sparse", "one-hot"])
+def test_sparsestmax_selection(radius):
+    """Sparse SN on the Triton path: weights with exact zeros (as -inf log-weights) and one-hot
+    ones give the composite float64 layer's output and gradients."""
+    def make():
+        torch.manual_seed(0)
+        layer = sn.SwitchNorm2d(8, selector="sparsestmax", implementation="triton")
+        with torch.no_grad():
+            layer.mean_weight.copy_(torch.tensor([0.9, -0.4, 0.1]))
+            layer.var_weight.copy_(torch.tensor([-0.2, 0.6, 0.5]))
+            layer.weight.uniform_(0.5, 1.5)
+            layer.bias.normal_()
+        sn.set_radius(layer, radius)
+        return layer
+    layer, twin = make().to(DEVICE), make().double()
+    twin.implementation = "composite"
+    weights = layer.importance()
+    assert 0.0 in weights["mean"].values() and 0.0 in weights["var"].values()
+    x = _input(torch.float32, False, seed=5).requires_grad_()
+    x64 = x.detach().double().cpu().requires_grad_()
+    out, ref = layer(x), twin(x64)
+    torch.testing.assert_close(out.double().cpu(), ref.detach(), atol=2e-5, rtol=1e-5)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    got = torch.autograd.grad(out, [x, layer.mean_weight, layer.var_weight, layer.weight], grad.float().to(DEVICE))
+    want = torch.autograd.grad(ref, [x64, twin.mean_weight, twin.var_weight, twin.weight], grad)
+    for name, a, b in zip(["x", "mean_weight", "var_weight", "weight"], got, want):
+        assert torch.isfinite(a).all(), name
+        torch.testing.assert_close(a.double().cpu(), b, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@kernels
 def test_the_triton_path_is_taken_and_is_opt_in(monkeypatch):
     x3 = _input(torch.float32, False).reshape(4, 8, -1)
     assert SNF.select_implementation(x3, requested="triton") == "triton"
