@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import runformat
+
 from analysis import results
 from analysis.aggregate import average_weights, final_weights, layer_prefix, order_batches
 from analysis.figures import (fig_block_weights, fig_classify_curves, fig_enas_curves, fig_learning_curves,
@@ -394,3 +396,31 @@ def test_weights_by_epoch_reads_each_epochs_last_row_and_the_final_one():
     assert "| 2 | 0.150 | 0.500 |" in text
     assert "- 8x2 BN mean: 0.333 -> 0.350 (epoch 1) -> 0.150 (epoch 2): +0.017 in the first half, -0.200 in the second" \
         in text
+
+
+@pytest.mark.parametrize("body,clean", [
+    ("0,0,l1,mean,in,0.25\n10,,l1,mean,ln,nan\n20,1,l1,var,bn,inf\n30,1,l1,var,bn,-inf\n", True),  # empty epoch
+    ("0,0,l1,mean,in,0.25\n10,0,l1,mean\n20,1,l1,var,bn,0.5\n", False),          # a short row
+    ("0,0,l1,mean,in,0.25\n1.5,0,l1,mean,ln,0.5\n", False),                       # a step that is no integer
+    ("0,0,\"l,1\",mean,in,0.25\n5,0,l2,var,bn,x\n", False),                       # quoting, a bad number
+    ("0,0,l1,mean,in,0.25\n5,0,,var,bn,0.1\n\n7,0,l1 ,var,bn,0.1\n", False),     # empty text, blank line, space
+    ("0,0,l1,mean,in,0.25\n5,0,l1,var,bn,0.5", True),                            # the last line cut (left out)
+])
+def test_fast_csv_reading_equals_the_row_by_row_reading(tmp_path, body, clean, monkeypatch):
+    """Run CSVs are read by pandas' C parser when undamaged; whatever the file, the frame and the
+    warnings equal those of the row by row reading."""
+    from analysis import load
+
+    path = tmp_path / "weights.csv"
+    path.write_text("step,epoch,layer,stat,op,weight\n" + body)
+    args = (path, ("step", "epoch", "layer", "stat", "op", "weight"), ("step",), ("epoch", "weight"))
+    fast = load.read_csv_table(*args)
+    lines, _ = runformat.complete_lines(path)
+    assert (load._fast_frame(lines, *args[1:]) is not None) == clean  # the C parser reads only clean files
+    monkeypatch.setattr(load, "_fast_frame", lambda *a: None)
+    slow = load.read_csv_table(*args)
+    pd.testing.assert_frame_equal(fast[0], slow[0])
+    assert fast[1] == slow[1]
+    if body.startswith("0,0,l1,mean,in,0.25\n10,,"):
+        assert len(fast[0]) == 4 and math.isnan(fast[0]["epoch"][1]) and math.isnan(fast[0]["weight"][1])
+        assert fast[0]["weight"][3] == -math.inf and fast[0]["step"].dtype == "int64"
