@@ -111,6 +111,25 @@ def test_stylize_with_sparse_sn_ends_one_hot(tmp_path):
     check_one_hot_at_the_end(weights(rundir / "weights.csv"))
 
 
+def test_detect_with_sparse_sn_ends_one_hot_in_every_component(tmp_path):
+    """--norm ssn in the detector (backbone, FPN, box and mask heads): the trainer's radius schedule
+    ends every layer one-hot, and the analysis names each layer's component."""
+    from analysis.detect import component
+
+    root = tmp_path / "runs"
+    run("detect", ["--norm", "ssn", "--root", str(root), "--train-images", "16", "--val-images", "4",
+                   "--batch", "2x2", "--epochs", "2", "--fpn-channels", "16", "--head-channels", "16",
+                   "--box-fc", "32", "--box-convs", "2", "--mask-convs", "2", "--rpn-post-nms-train", "50",
+                   "--rois-per-image", "16", "--detections-per-image", "10", "--warmup-steps", "2",
+                   "--weights-every-n-steps", "2", "--predictions", "0", "--progress-bar", "false", "--threads", "2"])
+    rundir = root / "detect-default" / "ssn_2x2_s0"
+    assert json.loads((rundir / "summary.json").read_text())["status"] == "finished"
+    frame = weights(rundir / "weights.csv")
+    check_one_hot_at_the_end(frame)
+    parts = {component(layer) for layer in frame["layer"].unique()}
+    assert {"backbone", "FPN", "box head", "mask head"} <= parts
+
+
 def test_table2_analogue_has_an_ssn_row_taking_ssn_inln_at_one_sample():
     from analysis.tables import accuracy_table
 
