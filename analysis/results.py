@@ -14,7 +14,7 @@ import sys
 from analysis.load import load_runs
 from analysis.sparse import sparse_markdown
 from analysis.tables import (accuracy_table, comparison_markdown, epoch_weights_markdown, table_markdown, weights_by_batch,
-                             weights_by_epoch, weights_markdown)
+                             weights_by_block, weights_by_epoch, weights_markdown)
 
 CREATE_HINT = ("Create runs first, e.g.: python -m tasks.classify --experiment table2-quick "
                "(or bash scripts/run.sh for all quick experiments)")
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--by-epoch", action="store_true",
                         help="also print SN's average BN weights (means, variances) at the end of every epoch, "
                              "per batch setting, and how far they moved in each half of training")
+    parser.add_argument("--by-block", type=int, metavar="DEPTH", default=None,
+                        help="also print SN's final weights per block (Fig. 3): layers grouped by the first DEPTH "
+                             "parts of their names (2: the stages of the CIFAR-style ResNet)")
     return parser
 
 
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         if sparse:
             print("\nSparse SN: the layers (of each run) that ended on each normalizer, and how many of its\n"
                   "mean and variance selections are exactly one-hot:\n\n" + sparse, end="")
+    if args.by_block is not None:
+        print(f"\nSN's importance weights per block (Fig. 3; blocks: the first {args.by_block} parts of the layer "
+              "names):\n\n" + weights_by_block(data.weights, args.by_block), end="")
     if args.by_epoch:
         print("\nSN's average BN weights at the end of each epoch (Fig. 4 over training):\n\n"
               + epoch_weights_markdown(weights_by_epoch(data.weights)), end="")

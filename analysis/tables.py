@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from analysis.aggregate import average_weights, exclude_sparse, order_batches, order_ops
+from analysis.aggregate import add_blocks, average_weights, exclude_sparse, order_batches, order_ops
 from runformat import parse_batch
 
 NORM_ORDER = ("bn", "gn", "in", "ln", "sn", "sn-inln", "ssn", "ssn-inln", "sn-lngn", "sn-all", "none")
@@ -321,4 +321,29 @@ def epoch_weights_markdown(table: pd.DataFrame, digits: int = 3) -> str:
         lines.append(f"- {batch} {name}: {col.iloc[0]:.{digits}f} -> {col.loc[mid]:.{digits}f} (epoch {mid}) -> "
                      f"{col.iloc[-1]:.{digits}f} (epoch {end}): {first:+.{digits}f} in the first half, "
                      f"{second:+.{digits}f} in the second")
+    return "\n".join(lines) + "\n"
+
+
+def weights_by_block(weights: pd.DataFrame, depth: int = 2) -> str:
+    """Fig. 3 as markdown: per batch setting of the SN classification runs (Sparse SN left out),
+    the final weights averaged per block (the layer name's first ``depth`` dotted parts, e.g.
+    ``layers.1`` for a stage of the CIFAR-style ResNet), over its layers and then the runs."""
+    weights = exclude_sparse(weights)
+    if "task" in weights.columns:
+        weights = weights[weights["task"].eq("classify")]
+    if weights.empty or "batch" not in weights.columns:
+        return "_No SN classification runs with importance weights._\n"
+    weights = weights[weights["batch"].notna()]
+    with_blocks, blocks = add_blocks(weights, depth)
+    avg = average_weights(with_blocks, ["batch", "block"])
+    cols = [(s, o) for s in ("mean", "var") for o in order_ops(avg["op"])]
+    lines = ["| batch | block | " + " | ".join(f"{op.upper()} {stat}" for stat, op in cols) + " |",
+             "|" + " --- |" * (len(cols) + 2)]
+    table = avg.pivot_table(index=["batch", "block"], columns=["stat", "op"], values="weight")
+    for batch in order_batches(avg["batch"]):
+        for block in blocks:
+            if (batch, block) in table.index:
+                row = table.loc[(batch, block)]
+                cells = ["–" if (c not in row.index or pd.isna(row[c])) else f"{row[c]:.2f}" for c in cols]
+                lines.append(f"| {batch} | {block} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -424,3 +424,23 @@ def test_fast_csv_reading_equals_the_row_by_row_reading(tmp_path, body, clean, m
     if body.startswith("0,0,l1,mean,in,0.25\n10,,"):
         assert len(fast[0]) == 4 and math.isnan(fast[0]["epoch"][1]) and math.isnan(fast[0]["weight"][1])
         assert fast[0]["weight"][3] == -math.inf and fast[0]["step"].dtype == "int64"
+
+
+def test_weights_by_block_averages_each_stage_at_the_end():
+    """Fig. 3 as a table: the last step's weights, per block (the name's first 2 parts), over the
+    block's layers; earlier steps and Sparse SN runs do not count."""
+    from analysis.tables import weights_by_block
+
+    rows = []
+    for run_id, norm, step, layers in [("a", "sn", 9, {"layers.0.bn1": 0.2, "layers.0.bn2": 0.4, "layers.1.bn1": 0.9}),
+                                       ("a", "sn", 1, {"layers.0.bn1": 0.9, "layers.0.bn2": 0.9, "layers.1.bn1": 0.1}),
+                                       ("s", "ssn", 9, {"layers.0.bn1": 1.0, "layers.0.bn2": 1.0, "layers.1.bn1": 1.0})]:
+        for layer, bn in layers.items():
+            for stat in ("mean", "var"):
+                for op, w in (("in", (1 - bn) / 2), ("ln", (1 - bn) / 2), ("bn", bn)):
+                    rows.append({"run_id": run_id, "task": "classify", "norm": norm, "batch": "8x2", "step": step,
+                                 "layer": layer, "stat": stat, "op": op, "weight": w})
+    lines = weights_by_block(pd.DataFrame(rows), 2).splitlines()
+    assert lines[2] == "| 8x2 | layers.0 | 0.35 | 0.35 | 0.30 | 0.35 | 0.35 | 0.30 |"
+    assert lines[3] == "| 8x2 | layers.1 | 0.05 | 0.05 | 0.90 | 0.05 | 0.05 | 0.90 |"
+    assert len(lines) == 4
