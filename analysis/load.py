@@ -343,8 +343,7 @@ def _fast_frame(lines: list[str], columns, ints, floats) -> pd.DataFrame | None:
                 frame[c] = col
     except ValueError:
         return None
-    frame = pd.DataFrame(frame, columns=list(columns))
-    return frame[list(columns)]
+    return pd.DataFrame(frame, columns=list(columns))
 
 
 def _typed(frame: pd.DataFrame, ints, floats) -> pd.DataFrame:

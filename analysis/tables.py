@@ -224,16 +224,21 @@ def comparison_markdown(ours: pd.DataFrame, digits: int = 1) -> str:
                                    "(ImageNet, ResNet-50, 100 epochs)."]) + "\n"
 
 
+def _sn_classify_weights(weights: pd.DataFrame) -> pd.DataFrame:
+    """The weights of the classification runs with softmax SN layers and a batch setting (Sparse
+    SN's one-hot weights left out): what Fig. 3 and Fig. 4 average."""
+    weights = exclude_sparse(weights)
+    if "task" in weights.columns:
+        weights = weights[weights["task"].eq("classify")]
+    return weights[weights["batch"].notna()] if "batch" in weights.columns else weights.iloc[0:0]
+
+
 def weights_by_batch(weights: pd.DataFrame) -> pd.DataFrame:
     """Fig. 4 as a table: the average importance weight of each op (columns ``(stat, op)``) per
     batch setting (rows, paper order) of the classification runs with SN layers, averaged as
     :func:`analysis.aggregate.average_weights` does (over each run's layers, then its runs).
     Sparse SN runs are left out (their weights are one-hot by construction)."""
-    weights = exclude_sparse(weights)
-    if "task" in weights.columns:
-        weights = weights[weights["task"].eq("classify")]
-    weights = weights[weights["batch"].notna()] if "batch" in weights.columns else weights.iloc[0:0]
-    avg = average_weights(weights, "batch")
+    avg = average_weights(_sn_classify_weights(weights), "batch")
     if avg.empty:
         return pd.DataFrame()
     table = avg.pivot_table(index="batch", columns=["stat", "op"], values="weight")
@@ -270,12 +275,9 @@ def weights_by_epoch(weights: pd.DataFrame, ops=(("mean", "bn"), ("var", "bn")))
     network-average weight of each ``(stat, op)`` of ``ops`` at the last logged step of every
     epoch (rows: epoch 1, 2, ...; row 0 is the start), averaged over each run's layers, then over
     the runs of each batch setting. Columns ``(batch, "BN mean")``-style, batches in paper order."""
-    weights = exclude_sparse(weights)
-    if "task" in weights.columns:
-        weights = weights[weights["task"].eq("classify")]
-    if weights.empty or "batch" not in weights.columns or "epoch" not in weights.columns:
+    weights = _sn_classify_weights(weights)
+    if weights.empty or "epoch" not in weights.columns:
         return pd.DataFrame()
-    weights = weights[weights["batch"].notna()]
     start = weights[weights["step"].eq(0)].assign(at=0)
     # the rows written at the end of training carry Lightning's epoch count (one past the last
     # epoch): they belong to the last epoch trained
@@ -328,12 +330,9 @@ def weights_by_block(weights: pd.DataFrame, depth: int = 2) -> str:
     """Fig. 3 as markdown: per batch setting of the SN classification runs (Sparse SN left out),
     the final weights averaged per block (the layer name's first ``depth`` dotted parts, e.g.
     ``layers.1`` for a stage of the CIFAR-style ResNet), over its layers and then the runs."""
-    weights = exclude_sparse(weights)
-    if "task" in weights.columns:
-        weights = weights[weights["task"].eq("classify")]
-    if weights.empty or "batch" not in weights.columns:
+    weights = _sn_classify_weights(weights)
+    if weights.empty:
         return "_No SN classification runs with importance weights._\n"
-    weights = weights[weights["batch"].notna()]
     with_blocks, blocks = add_blocks(weights, depth)
     avg = average_weights(with_blocks, ["batch", "block"])
     cols = [(s, o) for s in ("mean", "var") for o in order_ops(avg["op"])]
