@@ -119,7 +119,8 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
         detect_weights(weights)
     if weights["task"].eq("classify").any():
         st.subheader("How the choice depends on the batch setting (Fig. 4)")
-        st.plotly_chart(figures.fig_weights_by_batch(weights), key="fig4")
+        st.plotly_chart(figures.fig_weights_by_batch(one_experiment(weights[weights["task"].eq("classify")])),
+                        key="fig4")
     sparse_views(runs, weights)
     st.subheader("Per block of the network (Fig. 3)")
     layers = weights.groupby("run_id")["layer"].nunique().sort_values(ascending=False, kind="stable")
@@ -129,6 +130,19 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
                             help="1: 'layer2.0.bn1' belongs to block 'layer2' (a ResNet stage)")
     st.plotly_chart(figures.fig_block_weights(weights[weights["run_id"].eq(run_id)], int(depth)), key="fig3")
     layer_views(weights, with_weights, int(depth))
+
+
+def one_experiment(weights: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one experiment, picked in a select box when there are several: experiments
+    train for different lengths, so their weights are not averaged together (the reference
+    results' experiments are already labelled '(reference)')."""
+    label = weights["experiment"].astype(str)
+    choices = sorted(label.unique())
+    if len(choices) <= 1:
+        return weights
+    choice = st.selectbox("Experiment", choices, key="fig4_experiment",
+                          help="experiments differ in length and recipe, so Fig. 4 shows one at a time")
+    return weights[label.eq(choice)]
 
 
 def sparse_views(runs: pd.DataFrame, weights: pd.DataFrame) -> None:

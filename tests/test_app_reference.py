@@ -69,3 +69,23 @@ def test_layer_views_and_the_paper_beside_ours(monkeypatch, tmp_path):
     at.toggle(key="beside_paper").set_value(True).run()
     assert any("8x4 ours / paper" in m.value and "| SN | 86.0 / 75.9 |" in m.value for m in at.markdown)
 
+
+
+
+def test_fig4_shows_one_experiment_at_a_time(monkeypatch, tmp_path, reference):
+    """Experiments differ in length, so Fig. 4 never averages two of them (nor the user's copy
+    of an experiment with the reference one): a select box picks one, and its bars, with their
+    run counts, are those of that experiment alone."""
+    at = start(monkeypatch, write_fixture_runs(tmp_path / "alone"))
+    assert not [b for b in at.selectbox if b.key == "fig4_experiment"]  # one experiment: no choice
+    alone = charts(at)["Importance weights per batch setting (Fig. 4)"]
+    assert {n for t in alone["data"] for n in t["customdata"]} == {1, 2}  # 8x4: 2 runs; 8x1, 8x2: 1
+    at = start(monkeypatch, write_fixture_runs(tmp_path / "runs"), reference)
+    assert list(at.selectbox(key="fig4_experiment").options) == ["sweep", "sweep (reference)"]
+    for choice in ("sweep", "sweep (reference)"):
+        at.selectbox(key="fig4_experiment").set_value(choice).run()
+        assert not at.exception
+        fig4 = charts(at)["Importance weights per batch setting (Fig. 4)"]
+        assert [(t["meta"], t["x"], t["customdata"]) for t in fig4["data"]] == \
+            [(t["meta"], t["x"], t["customdata"]) for t in alone["data"]]
+        assert [t["y"] for t in fig4["data"]] == [pytest.approx(t["y"]) for t in alone["data"]]
