@@ -78,7 +78,7 @@ def test_two_process_ddp_stylize_writes_one_valid_run_directory(tmp_path):
                                 "--root", str(tmp_path / "runs"), *tiny], tmp_path)
     assert proc.stdout.count("final losses") == 1  # printed by rank zero only
     run, summary, rows, wrows = check_run_directory(tmp_path / "runs" / "stylize-default", "sn_s0")
-    assert summary["final"]["steps"] == 10 and summary["final"]["perceptual_net"] == "vgg16-random-init"
+    assert summary["final"]["steps"] == 10 and summary["final"]["perceptual_net"] == "random-multiscale"
     assert [int(r["step"]) for r in rows if r["name"] == "total_loss"] == list(range(1, 11))
     assert {r["name"] for r in rows} == {"content_loss", "style_loss", "tv_loss", "total_loss"}
     assert sorted({int(r["step"]) for r in wrows}) == [0, 5, 10]

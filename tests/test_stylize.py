@@ -38,7 +38,7 @@ TINY = {"image_size": 64, "epochs": 2, "steps_per_epoch": 5, "width": 8, "res_bl
 
 @pytest.fixture(autouse=True)
 def no_hub_cache(tmp_path, monkeypatch):
-    """An empty torch hub dir, so 'auto' resolves to the random-init VGG16 on every machine."""
+    """An empty torch hub dir, so 'auto' resolves to the random fallback network on every machine."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
 
@@ -107,6 +107,90 @@ def test_perceptual_loss_is_the_weighted_sum_of_float64_references():
         PerceptualLoss(vgg, style, content_weight=-1.0)
 
 
+def multiscale(seed=0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return load_perceptual_net(kind="random-multiscale", seed=seed)
+
+
+def test_multiscale_net_is_seeded_unit_norm_filters_and_valid_relu_convolutions():
+    net = multiscale(seed=4)
+    assert net.label == "random-multiscale" and net.layers == ("k1", "k3", "k5", "k7", "k11", "k15", "k23")
+    x = torch.rand(2, 3, 30, 27, dtype=torch.float64)
+    got = net.double()(x)
+    for name, conv in zip(net.layers, net.convs):
+        k = int(name[1:])
+        w = conv.weight.double()  # (64, 3, k, k)
+        assert w.shape == (64, 3, k, k) and conv.bias is None
+        torch.testing.assert_close(w.flatten(1).norm(dim=1), torch.ones(64, dtype=torch.float64))
+        assert w.abs().max() <= 1 and w.min() < 0 < w.max()
+        # reference: every k x k patch of (x - 0.5) dotted with every filter, then the ReLU
+        patches = (x - 0.5).unfold(2, k, 1).unfold(3, k, 1)  # (N, 3, H-k+1, W-k+1, k, k)
+        ref = torch.einsum("nchwij,ocij->nohw", patches, w).clamp_min(0)
+        torch.testing.assert_close(got[name], ref)
+    # seeded: the same seed the same filters, another seed others; the global RNG is untouched
+    state = torch.random.get_rng_state()
+    a, b = multiscale(seed=1), multiscale(seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.testing.assert_close(a.convs[3].weight, b.convs[3].weight)
+    assert not torch.equal(a.convs[3].weight, net.convs[3].weight)
+    # frozen, eval mode, gradients reach the input
+    assert not any(p.requires_grad for p in net.parameters())
+    net.train()
+    assert not net.training
+    x = torch.rand(1, 3, 24, 24, requires_grad=True)
+    multiscale()(x)["k23"].sum().backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="at least 23x23"):
+        multiscale()(torch.rand(1, 3, 22, 40))
+
+
+def test_relative_losses_of_the_multiscale_net_against_float64():
+    torch.manual_seed(0)
+    net = multiscale()
+    style = torch.rand(1, 3, 32, 32)
+    out, content = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    loss = PerceptualLoss(net, style, content_layer="k3,k5", content_weight=2.0, style_weight=3.0)
+    assert loss.style_layers == net.layers  # the network's default: every filter size
+    got = loss(out, content)
+    net64 = multiscale().double()
+    fo, fc, fs = net64(out.double()), net64(content.double()), net64(style.double())
+
+    def gram(x):
+        n, c, h, w = x.shape
+        return torch.einsum("nchw,ndhw->ncd", x, x) / (c * h * w)
+
+    # each layer's squared error divided by its target's mean square
+    ref_content = sum(((fo[k] - fc[k]) ** 2).mean() / (fc[k] ** 2).mean() for k in ("k3", "k5"))
+    ref_style = sum(((gram(fo[k]) - gram(fs[k])) ** 2).mean() / (gram(fs[k]) ** 2).mean() for k in net.layers)
+    assert got["content_loss"].item() == pytest.approx(ref_content.item(), rel=1e-4)
+    assert got["style_loss"].item() == pytest.approx(ref_style.item(), rel=1e-4)
+    assert got["total_loss"].item() == pytest.approx((2 * ref_content + 3 * ref_style).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="lacks layers"):
+        PerceptualLoss(net, style, content_layer="relu2_2")
+
+
+def test_config_resolves_each_networks_defaults_and_checks_its_layers():
+    from tasks.stylize.config import StylizeConfig
+
+    cfg = StylizeConfig()  # no weights on disk (fixture): the random filter bank
+    assert (cfg.perceptual_net, cfg.content_layer, cfg.content_weight, cfg.style_weight) == \
+        ("random-multiscale", "k3,k5", 1.0, 3.0)
+    cfg = StylizeConfig(perceptual_net="vgg16-random-init")
+    assert (cfg.content_layer, cfg.content_weight, cfg.style_weight) == ("relu2_2", 1.0, 1e5)
+    cfg = StylizeConfig(perceptual_net="vgg16-random-init", style_weight=7.0, content_layer="relu3_3")
+    assert (cfg.content_layer, cfg.style_weight) == ("relu3_3", 7.0)  # given values are kept
+    StylizeConfig(perceptual_net="vgg16-imagenet").validate()  # (the weights are checked when a run starts)
+    assert StylizeConfig(perceptual_net="vgg16-imagenet").style_weight == 1e10
+    with pytest.raises(ValueError, match="relu2_2.*random-multiscale"):
+        StylizeConfig(content_layer="relu2_2").validate()
+    with pytest.raises(ValueError, match="k3.*vgg16-random-init"):
+        StylizeConfig(perceptual_net="vgg16-random-init", content_layer="k3").validate()
+    with pytest.raises(ValueError, match="image_size must be >= 23"):
+        StylizeConfig(image_size=20, sample_size=20).validate()
+    StylizeConfig(perceptual_net="vgg16-random-init", image_size=20, sample_size=20).validate()
+
+
 # --- networks ------------------------------------------------------------------------------------
 def test_perceptual_net_matches_torchvision_vgg16_and_is_frozen():
     import torchvision
@@ -137,9 +221,11 @@ def test_perceptual_net_matches_torchvision_vgg16_and_is_frozen():
 def test_vgg_fallback_is_loud_and_labelled_and_weights_files_are_used(tmp_path):
     import torchvision
 
-    with pytest.warns(RuntimeWarning, match="RANDOMLY INITIALISED VGG16"):
+    with pytest.warns(RuntimeWarning, match="RANDOM MULTI-SCALE FILTERS"):
         net = load_perceptual_net()  # the hub cache is empty (fixture)
-    assert net.label == "vgg16-random-init"
+    assert net.label == "random-multiscale"
+    with pytest.warns(RuntimeWarning, match="RANDOMLY INITIALISED VGG16"):
+        assert load_perceptual_net(kind="vgg16-random-init").label == "vgg16-random-init"
     # a torchvision VGG16 state dict given as --vgg-weights is used as "ImageNet" weights
     with torch.device("meta"):  # torchvision's key names and shapes, without the memory
         layout = torchvision.models.vgg16(weights=None).state_dict()
@@ -275,7 +361,7 @@ def quick_runs(tmp_path_factory):
     (tmp / "experiments.yaml").write_text(yaml.safe_dump(exp))
     proc = run_cli(["--experiment", "tiny", "--experiments-file", str(tmp / "experiments.yaml")], tmp / "home")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "RANDOMLY INITIALISED VGG16" in proc.stderr
+    assert "RANDOM MULTI-SCALE FILTERS" in proc.stderr
     return tmp, tmp / "runs" / "tiny"
 
 
@@ -287,7 +373,9 @@ def test_cli_trains_logs_and_records_the_perceptual_net(quick_runs, norm):
     config = yaml.safe_load((run / "config.yaml").read_text())
     summary = json.loads((run / "summary.json").read_text())
     assert config["task"] == "stylize" and config["norm"] == norm and config["batch"] == "1x4"
-    assert config["perceptual_net"] == summary["final"]["perceptual_net"] == "vgg16-random-init"
+    assert config["perceptual_net"] == summary["final"]["perceptual_net"] == "random-multiscale"
+    # the network's default layers and weights are resolved into the config
+    assert (config["content_layer"], config["content_weight"], config["style_weight"]) == ("k3,k5", 1.0, 3.0)
     assert summary["status"] == "finished" and summary["final"]["steps"] == 10
     rows = read_csv(run / "metrics.csv")
     total = [float(r["value"]) for r in rows if r["name"] == "total_loss" and r["split"] == "train"]

@@ -8,12 +8,13 @@
 
 Batch setting ``GxS`` as in the paper's (1, 4): G*S crops per step, batch statistics within
 each of the G chunks. The run records which perceptual network it used (``perceptual_net``:
-``vgg16-imagenet``, or ``vgg16-random-init``, the loud fallback when no ImageNet weights are on
-disk) in ``config.yaml`` and in ``summary.json``'s ``final``. The guide: ``docs/stylize.md``.
+``vgg16-imagenet``; ``random-multiscale``, random filters, the loud fallback when no ImageNet
+weights are on disk; or ``vgg16-random-init`` on request) in ``config.yaml`` and in
+``summary.json``'s ``final``. The guide: ``docs/stylize.md``.
 
 - ``config``: :class:`StylizeConfig`.
 - ``model``: :class:`TransformerNet`, Johnson et al.'s transformation network.
-- ``perceptual``: the frozen VGG16 and the content, style and total-variation losses.
+- ``perceptual``: the frozen perceptual networks and the content, style and total-variation losses.
 - ``images``: bundled photos and styles, image files, crops, sample grids, PNG output.
 - ``data``: :class:`StylizeData`, the LightningDataModule of content crops in a fixed order.
 - ``module``: :class:`StylizeModule`, the LightningModule.

@@ -2,7 +2,7 @@
 
 Johnson et al.'s transformation network (:mod:`tasks.stylize.model`) with the normalizer
 ``norm`` after every convolution but the last is trained with Adam to minimise
-``content_weight * content + style_weight * style + tv_weight * tv`` measured by a frozen VGG16
+``content_weight * content + style_weight * style + tv_weight * tv`` measured by a frozen perceptual network
 (:mod:`tasks.stylize.perceptual`). Sample grids ``samples/step_NNNNNN.png`` every
 ``sample_every_n_steps`` steps show the style and content images on top and their
 stylizations by the network in eval mode below.
@@ -20,7 +20,7 @@ import torch
 from .config import StylizeConfig
 from .images import list_images, load_style, sample_contents, sample_grid, save_png
 from .model import TransformerNet
-from .perceptual import STYLE_LAYERS, PerceptualLoss, find_vgg_weights, load_perceptual_net
+from .perceptual import STYLE_LAYERS, PerceptualLoss, content_layers, find_vgg_weights, load_perceptual_net
 
 LOSS_NAMES = ("content_loss", "style_loss", "tv_loss", "total_loss")
 
@@ -28,8 +28,8 @@ LOSS_NAMES = ("content_loss", "style_loss", "tv_loss", "total_loss")
 class StylizeModule(pl.LightningModule):
     """The transformation network, its Adam optimizer, the perceptual loss and sample grids.
 
-    Only the transformation network (``net``) is part of the state dict: the frozen VGG16 is
-    rebuilt from ``perceptual_net``/``vgg_weights``/``vgg_seed`` and kept out of checkpoints.
+    Only the transformation network (``net``) is part of the state dict: the frozen perceptual
+    network is rebuilt from ``perceptual_net``/``vgg_weights``/``vgg_seed`` and kept out of checkpoints.
     """
 
     def __init__(self, cfg: StylizeConfig, devices: int, samples_dir: Optional[Path] = None) -> None:
@@ -42,13 +42,15 @@ class StylizeModule(pl.LightningModule):
         self.samples_dir = samples_dir
         style = load_style(cfg.style, cfg.style_size or cfg.image_size)
         kind = cfg.perceptual_net
-        if kind == "vgg16-random-init" and find_vgg_weights(cfg.vgg_weights) is None:
+        if kind == "random-multiscale" and find_vgg_weights(cfg.vgg_weights) is None:
             kind = "auto"  # the fallback: its warning then says that no weights were found
-        vgg = load_perceptual_net(cfg.vgg_weights, seed=cfg.vgg_seed, layers=STYLE_LAYERS + (cfg.content_layer,),
-                                  kind=kind)
-        loss = PerceptualLoss(vgg, style, content_layer=cfg.content_layer, content_weight=cfg.content_weight,
+        layers = content_layers(cfg.content_layer, cfg.perceptual_net)
+        net = load_perceptual_net(cfg.vgg_weights, seed=cfg.vgg_seed, layers=STYLE_LAYERS + layers, kind=kind)
+        if net.label != cfg.perceptual_net:  # weights appeared or vanished since the config was resolved
+            raise ValueError(f"the config says perceptual_net {cfg.perceptual_net} but {net.label} was loaded")
+        loss = PerceptualLoss(net, style, content_layer=layers, content_weight=cfg.content_weight,
                               style_weight=cfg.style_weight, tv_weight=cfg.tv_weight)
-        # not registered as a submodule: the fixed VGG16 stays out of checkpoints
+        # not registered as a submodule: the fixed perceptual network stays out of checkpoints
         self.__dict__["perceptual"] = loss
         self.__dict__["style_image"] = style
         self.__dict__["sample_images"] = sample_contents(cfg.sample_size, 4, cfg.content_dir)

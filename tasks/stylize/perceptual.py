@@ -5,6 +5,12 @@
   are on disk (torch hub cache or a given file) and otherwise falls back, loudly, to a seeded
   random initialisation; the result's ``label`` is what the run records (``vgg16-imagenet`` or
   ``vgg16-random-init``).
+- :class:`RandomMultiScaleNet` (``random-multiscale``): one layer of seeded random filters at
+  seven sizes (1x1 to 23x23), each followed by a ReLU, after Ustyuzhaninov et al., "What does it
+  take to generate natural textures?" (ICLR 2017): the fallback of ``auto`` when no ImageNet
+  weights are on disk, because a random-init VGG16's Gram matrices do not describe a texture
+  (matched to 1e-3 by pixel optimisation they still give noise), while these do.
+- :data:`NET_DEFAULTS`: each network's content layers and loss weights.
 - :func:`gram_matrix`, :func:`content_loss`, :func:`style_loss`, :func:`tv_loss` and
   :class:`PerceptualLoss`, which combines them with configurable weights.
 
@@ -28,13 +34,49 @@ log = logging.getLogger(__name__)
 
 # torchvision's file name for VGG16_Weights.IMAGENET1K_V1 in the torch hub cache
 VGG16_IMAGENET_FILE = "vgg16-397923af.pth"
-PERCEPTUAL_NETS = ("vgg16-imagenet", "vgg16-random-init")
+PERCEPTUAL_NETS = ("vgg16-imagenet", "vgg16-random-init", "random-multiscale")
 # index of each ReLU in torchvision's vgg16().features
 VGG16_RELU_INDEX = {
     "relu1_1": 1, "relu1_2": 3, "relu2_1": 6, "relu2_2": 8, "relu3_1": 11, "relu3_2": 13,
     "relu3_3": 15, "relu4_1": 18, "relu4_2": 20, "relu4_3": 22,
 }
 STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+# the random multi-scale filter bank: filter sizes and filters per size
+MULTISCALE_SIZES = (1, 3, 5, 7, 11, 15, 23)
+MULTISCALE_CHANNELS = 64
+MULTISCALE_LAYERS = tuple(f"k{k}" for k in MULTISCALE_SIZES)
+
+# per network: the content layers (comma-separated), the style layers and the default loss
+# weights (the network's ``relative_losses`` says whether its losses are relative).
+# ImageNet VGG16: PyTorch's fast_neural_style example; random-init VGG16: the same 1e5 ratio at
+# a unit content weight; random-multiscale: measured on the bundled photos and the ihc style
+# (64x64 crops, 750 steps: style 3 is where the style's colours and strokes appear).
+NET_DEFAULTS = {
+    "vgg16-imagenet": {"content_layer": "relu2_2", "style_layers": STYLE_LAYERS,
+                       "content_weight": 1e5, "style_weight": 1e10},
+    "vgg16-random-init": {"content_layer": "relu2_2", "style_layers": STYLE_LAYERS,
+                          "content_weight": 1.0, "style_weight": 1e5},
+    "random-multiscale": {"content_layer": "k3,k5", "style_layers": MULTISCALE_LAYERS,
+                          "content_weight": 1.0, "style_weight": 3.0},
+}
+
+
+def layers_of(kind: str) -> tuple:
+    """The layer names a perceptual network offers (for content and style losses)."""
+    if kind not in PERCEPTUAL_NETS:
+        raise ValueError(f"unknown perceptual network {kind!r}; known: {', '.join(PERCEPTUAL_NETS)}")
+    return MULTISCALE_LAYERS if kind == "random-multiscale" else tuple(VGG16_RELU_INDEX)
+
+
+def content_layers(spec: str, kind: str) -> tuple:
+    """The content layers of a comma-separated ``spec`` (e.g. ``"relu2_2"``, ``"k3,k5"``) for
+    the network ``kind``; ValueError naming an unknown or empty one."""
+    names = tuple(part.strip() for part in str(spec).split(","))
+    known = layers_of(kind)
+    bad = [name for name in names if name not in known]
+    if not names or bad:
+        raise ValueError(f"content_layer {spec!r}: {bad or 'empty'} not layers of {kind}; known: {', '.join(known)}")
+    return names
 
 
 # ----------------------------------------------------------------------------------------
@@ -47,6 +89,8 @@ class PerceptualNet(nn.Module):
     activation}`` for ``layers`` (names of :data:`VGG16_RELU_INDEX`). The network stays in
     eval mode and has no trainable parameters; gradients still flow to the input.
     """
+
+    relative_losses = False
 
     def __init__(self, features: nn.Sequential, layers: Sequence[str], label: str):
         super().__init__()
@@ -76,6 +120,47 @@ class PerceptualNet(nn.Module):
             if index in wanted:
                 out[wanted[index]] = h
         return out
+
+
+class RandomMultiScaleNet(nn.Module):
+    """One layer of seeded random filters at several sizes, each followed by a ReLU.
+
+    Each of ``channels`` filters per size ``k`` (``sizes``) has weights drawn uniformly from
+    [-1, 1] and scaled to unit L2 norm; they see the image minus 0.5, without padding (so the
+    statistics are never those of a border) and without bias. ``forward(images)`` returns
+    ``{"k<size>": (N, channels, H - k + 1, W - k + 1)}``; images must be at least as large as
+    the largest filter. The filters are not zero-mean, so the 1x1 and larger filters also see the
+    image's colours. Frozen, always in eval mode; gradients flow to the input.
+    """
+
+    relative_losses = True
+
+    def __init__(self, seed: int = 0, sizes: Sequence[int] = MULTISCALE_SIZES, channels: int = MULTISCALE_CHANNELS):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.convs = nn.ModuleList()
+        for k in sizes:
+            with torch.random.fork_rng(devices=[]):  # (nn.Conv2d's own init would draw from the global RNG)
+                conv = nn.Conv2d(3, channels, k, bias=False)
+            weight = torch.rand(channels, 3, k, k, generator=generator) * 2 - 1
+            conv.weight.data.copy_(weight / weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+            self.convs.append(conv)
+        self.layers = tuple(f"k{k}" for k in sizes)
+        self.min_size = max(sizes)
+        self.label = "random-multiscale"
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "RandomMultiScaleNet":
+        """Always eval mode: the perceptual network is a fixed measuring instrument."""
+        return super().train(False)
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        if min(images.shape[-2:]) < self.min_size:
+            raise ValueError(f"the random-multiscale perceptual network needs images of at least "
+                             f"{self.min_size}x{self.min_size}, got {tuple(images.shape[-2:])}")
+        h = images - 0.5
+        return {name: F.relu(conv(h)) for name, conv in zip(self.layers, self.convs)}
 
 
 # torchvision's VGG16 ("configuration D"): conv widths, "M" for 2x2 max pooling
@@ -123,15 +208,17 @@ def _features_state(state: dict, source: Path) -> dict:
 
 
 def load_perceptual_net(weights: Optional[str] = None, seed: int = 0,
-                        layers: Iterable[str] = STYLE_LAYERS, kind: str = "auto") -> PerceptualNet:
-    """Build the frozen VGG16 perceptual network.
+                        layers: Iterable[str] = STYLE_LAYERS, kind: str = "auto"):
+    """Build the frozen perceptual network.
 
-    ``kind="auto"`` uses ImageNet weights from ``weights`` (a torchvision VGG16 state dict
-    file) or from the torch hub cache when present; it never downloads. Otherwise, or with
-    ``kind="vgg16-random-init"``, VGG16 is initialised with torchvision's scheme
-    (:func:`vgg16_features`) from ``seed`` (the global RNG is left untouched) and a prominent
-    warning is issued.
-    ``kind="vgg16-imagenet"`` requires the weights. The result's ``label`` says which it is.
+    ``kind="auto"`` uses VGG16 with ImageNet weights from ``weights`` (a torchvision VGG16 state
+    dict file) or from the torch hub cache when present; it never downloads. Otherwise it falls
+    back, with a prominent warning, to :class:`RandomMultiScaleNet` from ``seed``.
+    ``kind="vgg16-imagenet"`` requires the weights; ``"vgg16-random-init"`` is VGG16 initialised
+    with torchvision's scheme (:func:`vgg16_features`) from ``seed``; ``"random-multiscale"`` the
+    random filter bank. Both random networks warn, and leave the global RNG untouched.
+    ``layers``: the VGG16 layers to return (the filter bank always returns all of its own).
+    The result's ``label`` says which network it is.
 
     Raises:
         ValueError: unknown ``kind``; ``weights`` is not a file or not a VGG16 state dict;
@@ -139,14 +226,13 @@ def load_perceptual_net(weights: Optional[str] = None, seed: int = 0,
     """
     if kind not in ("auto",) + PERCEPTUAL_NETS:
         raise ValueError(f"unknown perceptual network {kind!r}; known: auto, {', '.join(PERCEPTUAL_NETS)}")
-    path = None if kind == "vgg16-random-init" else find_vgg_weights(weights)
+    path = find_vgg_weights(weights) if kind in ("auto", "vgg16-imagenet") else None
     if path is None and kind == "vgg16-imagenet":
         raise ValueError("VGG16 ImageNet weights not found: pass --vgg-weights PATH or put "
                          f"{VGG16_IMAGENET_FILE} into {Path(torch.hub.get_dir()) / 'checkpoints'}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        features = vgg16_features()
     if path is not None:
+        with torch.random.fork_rng(devices=[]):
+            features = vgg16_features()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # unreadable or not a torch file
@@ -157,19 +243,27 @@ def load_perceptual_net(weights: Optional[str] = None, seed: int = 0,
             raise ValueError(f"{str(path)!r} does not match torchvision's VGG16: {exc}") from exc
         log.info("perceptual network: VGG16 with ImageNet weights from %s", path)
         return PerceptualNet(features, tuple(layers), "vgg16-imagenet")
-    why = ("a random-init VGG16 was requested" if kind == "vgg16-random-init" else
-           "VGG16 ImageNet weights not found (looked for --vgg-weights and "
-           f"{Path(torch.hub.get_dir()) / 'checkpoints' / VGG16_IMAGENET_FILE})")
+    if kind == "vgg16-random-init":
+        why, what = "a random-init VGG16 was requested", f"a RANDOMLY INITIALISED VGG16 (seed {seed})"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = PerceptualNet(vgg16_features(), tuple(layers), "vgg16-random-init")
+    else:
+        why = ("random multi-scale filters were requested" if kind == "random-multiscale" else
+               "VGG16 ImageNet weights not found (looked for --vgg-weights and "
+               f"{Path(torch.hub.get_dir()) / 'checkpoints' / VGG16_IMAGENET_FILE})")
+        what = f"RANDOM MULTI-SCALE FILTERS (one layer, 1x1 to 23x23, seed {seed})"
+        net = RandomMultiScaleNet(seed)
     message = (
         "\n" + "!" * 78 + "\n" + why + ".\n"
-        f"Falling back to a RANDOMLY INITIALISED VGG16 (seed {seed}) as the perceptual network.\n"
+        f"Using {what} as the perceptual network.\n"
         "Losses and stylizations are NOT comparable to the paper's; the run is recorded as\n"
-        f"perceptual_net: vgg16-random-init. For ImageNet weights put torchvision's {VGG16_IMAGENET_FILE}\n"
+        f"perceptual_net: {net.label}. For ImageNet weights put torchvision's {VGG16_IMAGENET_FILE}\n"
         "into the torch hub cache's checkpoints/ folder or pass --vgg-weights PATH.\n"
         + "!" * 78
     )
     warnings.warn(message, RuntimeWarning, stacklevel=2)
-    return PerceptualNet(features, tuple(layers), "vgg16-random-init")
+    return net
 
 
 # ----------------------------------------------------------------------------------------
@@ -187,13 +281,16 @@ def gram_matrix(features: Tensor) -> Tensor:
     return flat @ flat.transpose(1, 2) / (c * h * w)  # (N, C, C)
 
 
-def content_loss(features: Tensor, target: Tensor) -> Tensor:
-    """Mean squared difference of two activations (the feature reconstruction loss)."""
-    return F.mse_loss(features, target)
+def content_loss(features: Tensor, target: Tensor, relative: bool = False) -> Tensor:
+    """Mean squared difference of two activations (the feature reconstruction loss); ``relative``
+    divides it by the target's mean square."""
+    loss = F.mse_loss(features, target)
+    return loss / target.pow(2).mean().clamp_min(1e-12) if relative else loss
 
 
-def style_loss(features: Dict[str, Tensor], style_grams: Dict[str, Tensor]) -> Tensor:
-    """Sum over layers of the mean squared difference of Gram matrices.
+def style_loss(features: Dict[str, Tensor], style_grams: Dict[str, Tensor], relative: bool = False) -> Tensor:
+    """Sum over layers of the mean squared difference of Gram matrices; ``relative`` divides
+    each layer's by the mean square of its target Gram matrix.
 
     ``style_grams[layer]`` has shape ``(1, C, C)`` (one style image, broadcast over the batch)
     or ``(N, C, C)``.
@@ -201,7 +298,8 @@ def style_loss(features: Dict[str, Tensor], style_grams: Dict[str, Tensor]) -> T
     total = 0.0
     for layer, target in style_grams.items():
         gram = gram_matrix(features[layer])
-        total = total + F.mse_loss(gram, target.expand_as(gram))
+        loss = F.mse_loss(gram, target.expand_as(gram))
+        total = total + (loss / target.pow(2).mean().clamp_min(1e-12) if relative else loss)
     return total
 
 
@@ -216,31 +314,38 @@ class PerceptualLoss(nn.Module):
     """Johnson et al.'s objective: ``content_weight * content + style_weight * style + tv_weight * tv``.
 
     Args:
-        net: the :class:`PerceptualNet`.
+        net: the :class:`PerceptualNet` or :class:`RandomMultiScaleNet`; its ``relative_losses``
+            says whether each layer's error is divided by its target's mean square.
         style_image: ``(1, 3, H, W)`` style target in [0, 1]; its Gram matrices are computed once.
-        content_layer: VGG16 ReLU of the content loss. Default: ``"relu2_2"``
-        style_layers: ReLUs of the style loss. Default: relu1_2, relu2_2, relu3_3, relu4_3
+        content_layer: the layer (or a sequence of layers, or comma-separated names) of the
+            content loss, summed over layers. Default: ``"relu2_2"``
+        style_layers: layers of the style loss. Default: the network's (relu1_2, relu2_2,
+            relu3_3, relu4_3 for VGG16; every filter size for the filter bank)
         content_weight, style_weight, tv_weight: the loss weights.
 
     ``forward(output, content)`` returns a dict of scalar tensors ``content_loss``,
     ``style_loss``, ``tv_loss`` (all unweighted) and ``total_loss`` (weighted sum).
     """
 
-    def __init__(self, net: PerceptualNet, style_image: Tensor, *, content_layer: str = "relu2_2",
-                 style_layers: Sequence[str] = STYLE_LAYERS, content_weight: float = 1.0,
+    def __init__(self, net: nn.Module, style_image: Tensor, *, content_layer="relu2_2",
+                 style_layers: Optional[Sequence[str]] = None, content_weight: float = 1.0,
                  style_weight: float = 1.0, tv_weight: float = 0.0):
         super().__init__()
-        missing = [name for name in (content_layer, *style_layers) if name not in net.layers]
+        if isinstance(content_layer, str):
+            content_layer = [part.strip() for part in content_layer.split(",")]
+        style_layers = tuple(style_layers) if style_layers is not None else NET_DEFAULTS[net.label]["style_layers"]
+        missing = [name for name in (*content_layer, *style_layers) if name not in net.layers]
         if missing:
-            raise ValueError(f"perceptual network lacks layers {missing}; it has {net.layers}")
+            raise ValueError(f"perceptual network {net.label} lacks layers {missing}; it has {net.layers}")
         for name, value in (("content_weight", content_weight), ("style_weight", style_weight),
                             ("tv_weight", tv_weight)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         check_images(style_image, "style image")
         self.net = net
-        self.content_layer = content_layer
-        self.style_layers = tuple(style_layers)
+        self.relative = bool(net.relative_losses)
+        self.content_layers = tuple(content_layer)
+        self.style_layers = style_layers
         self.weights = (float(content_weight), float(style_weight), float(tv_weight))
         with torch.no_grad():
             feats = net(style_image[:1])
@@ -252,11 +357,12 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, output: Tensor, content: Tensor) -> Dict[str, Tensor]:
         with torch.no_grad():
-            target = self.net(content)[self.content_layer]
+            targets = self.net(content)
         feats = self.net(output)
         losses = {
-            "content_loss": content_loss(feats[self.content_layer], target),
-            "style_loss": style_loss(feats, self.style_grams()),
+            "content_loss": sum(content_loss(feats[layer], targets[layer], self.relative)
+                                for layer in self.content_layers),
+            "style_loss": style_loss(feats, self.style_grams(), self.relative),
             "tv_loss": tv_loss(output),
         }
         wc, ws, wt = self.weights
