@@ -467,3 +467,24 @@ def test_importance_logits_learn_at_their_own_rate():
     (fast,) = [g for g in groups if {id(p) for p in g["params"]} & logits]
     assert fast["lr"] == pytest.approx(0.05) and {id(p) for p in fast["params"]} >= logits
     assert all(g["lr"] == pytest.approx(2e-3) for g in groups if g is not fast)
+
+
+def test_texture_synthesis_matches_the_style_statistics_of_the_multiscale_net(tmp_path, capsys):
+    from tasks.stylize.synthesize import main, synthesize
+
+    style = load_style("ihc", 32)[..., :32, :32]
+    image, first, last = synthesize(multiscale(), style, steps=80, lr=0.05, seed=0)
+    assert image.shape == style.shape and 0 <= image.min() and image.max() <= 1
+    assert last < 0.1 * first, (first, last)
+    # the colours follow: the mean colour moves from the grey start (0.5) to the style's
+    start_gap = (style.mean(dim=(0, 2, 3)) - 0.5).norm()
+    end_gap = (style.mean(dim=(0, 2, 3)) - image.mean(dim=(0, 2, 3))).norm()
+    assert end_gap < 0.5 * start_gap, (start_gap, end_gap)
+    # the command: one PNG (the style, then one texture per network) and a table
+    out = tmp_path / "t.png"
+    main(["--size", "24", "--steps", "2", "--out", str(out)])
+    assert read_image(out).shape == (3, 24, 3 * 24)
+    printed = capsys.readouterr().out
+    assert "vgg16-random-init" in printed and "random-multiscale" in printed
+    with pytest.raises(SystemExit):
+        main(["--size", "16"])
