@@ -77,21 +77,26 @@ def test_content_style_tv_losses_hand_computed():
     assert tv_loss(img).item() == pytest.approx((4 + 9) / 2 + (1 + 4) / 2)
 
 
+def loss_inputs():
+    """A seeded style image (1, 3, 32, 32), outputs and contents (2, 3, 32, 32)."""
+    generator = torch.Generator().manual_seed(0)
+    return tuple(torch.rand(n, 3, 32, 32, generator=generator) for n in (1, 2, 2))
+
+
+def gram(x):
+    """The Gram matrices F F^T / (C H W), written out."""
+    n, c, h, w = x.shape
+    return torch.einsum("nchw,ndhw->ncd", x, x) / (c * h * w)
+
+
 def test_perceptual_loss_is_the_weighted_sum_of_float64_references():
-    torch.manual_seed(0)
     vgg = random_vgg()
-    style = torch.rand(1, 3, 32, 32)
-    out, content = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    style, out, content = loss_inputs()
     loss = PerceptualLoss(vgg, style, content_weight=2.0, style_weight=300.0, tv_weight=0.5)
     got = loss(out, content)
     # reference: the same VGG in float64, Gram matrices and MSEs written out
     vgg64 = random_vgg().double()
     fo, fc, fs = vgg64(out.double()), vgg64(content.double()), vgg64(style.double())
-
-    def gram(x):
-        n, c, h, w = x.shape
-        return torch.einsum("nchw,ndhw->ncd", x, x) / (c * h * w)
-
     ref_content = ((fo["relu2_2"] - fc["relu2_2"]) ** 2).mean()
     ref_style = sum(((gram(fo[k]) - gram(fs[k])) ** 2).mean() for k in ("relu1_2", "relu2_2", "relu3_3", "relu4_3"))
     o = out.double()
@@ -146,20 +151,13 @@ def test_multiscale_net_is_seeded_unit_norm_filters_and_valid_relu_convolutions(
 
 
 def test_relative_losses_of_the_multiscale_net_against_float64():
-    torch.manual_seed(0)
     net = multiscale()
-    style = torch.rand(1, 3, 32, 32)
-    out, content = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    style, out, content = loss_inputs()
     loss = PerceptualLoss(net, style, content_layer="k3,k5", content_weight=2.0, style_weight=3.0)
     assert loss.style_layers == net.layers  # the network's default: every filter size
     got = loss(out, content)
     net64 = multiscale().double()
     fo, fc, fs = net64(out.double()), net64(content.double()), net64(style.double())
-
-    def gram(x):
-        n, c, h, w = x.shape
-        return torch.einsum("nchw,ndhw->ncd", x, x) / (c * h * w)
-
     # each layer's squared error divided by its target's mean square
     ref_content = sum(((fo[k] - fc[k]) ** 2).mean() / (fc[k] ** 2).mean() for k in ("k3", "k5"))
     ref_style = sum(((gram(fo[k]) - gram(fs[k])) ** 2).mean() / (gram(fs[k]) ** 2).mean() for k in net.layers)
