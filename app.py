@@ -107,6 +107,8 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
     mixed = "source" in weights.columns and weights["source"].nunique() > 1
     options = (["task and source"] if mixed else []) + ["task", "experiment"]
     by = st.radio("Group by", options, horizontal=True)
+    st.caption("A task's bars average all its selected runs, whatever their experiment and length; group by "
+               "experiment to see experiments of different lengths apart.")
     if by == "task and source":  # your runs and the reference results apart
         softmax = exclude_sparse(weights)  # (Sparse SN's one-hot weights have their own view below)
         tagged = softmax.assign(task_source=softmax["task"].astype(str)
