@@ -188,8 +188,14 @@ def tab_results(runs: pd.DataFrame, metrics: pd.DataFrame) -> None:
         metric = left.selectbox("Metric", ["test_acc", "best_val_acc"])
         eval_stats = right.selectbox("Evaluation statistics", ["all", "batch_average", "moving_average"])
         beside = st.toggle("Beside the paper's Table 2 (ImageNet, ResNet-50)", value=False, key="beside_paper")
+        classify = runs[runs["task"].eq("classify")]
+        experiments = sorted(classify["experiment"].dropna().astype(str).unique())
+        if len(experiments) > 1:  # experiments differ in recipe: their runs are never averaged together
+            chosen = st.selectbox("Experiment", experiments, key="table2_experiment",
+                                  help="experiments differ in length and recipe, so Table 2 shows one at a time")
+            classify = classify[classify["experiment"].astype(str).eq(chosen)]
         try:
-            table = tables.accuracy_table(runs, metric=metric, eval_stats=None if eval_stats == "all" else eval_stats)
+            table = tables.accuracy_table(classify, metric=metric, eval_stats=None if eval_stats == "all" else eval_stats)
             st.markdown(tables.table_markdown(table))
             if beside and not table.empty:
                 st.markdown(tables.comparison_markdown(table))

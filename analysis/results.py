@@ -44,37 +44,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Load, tabulate and print; returns the exit status."""
+    """Load, tabulate and print; returns the exit status.
+
+    Experiments differ in recipe (epochs, data), so the runs of several experiments are never
+    averaged together: with no ``--experiment`` each experiment gets its own section."""
     args = build_parser().parse_args(argv)
     try:
         data = load_runs(args.root, experiment=args.experiment)
-        table = accuracy_table(data.runs, metric=args.metric, eval_stats=args.eval_stats)
-        text = table_markdown(table, digits=args.digits)
+        experiments = classify_experiments(data.runs)
+        sections = [(name, print_tables(_only(data, name), args)) for name in experiments]
     except (ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for warning in data.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if table.empty:
+    if not experiments:
         where = f"{args.root}" + (f" (experiment {', '.join(args.experiment)})" if args.experiment else "")
         print(f"No finished classification runs under {where}.\n{CREATE_HINT}", file=sys.stderr)
         return 1
-    print(text, end="")
-    if args.paper:
-        print("\n" + comparison_markdown(table, digits=args.digits), end="")
-        print("\nSN's importance weights per batch setting (Fig. 4):\n\n" + weights_markdown(weights_by_batch(data.weights)),
-              end="")
-        sparse = sparse_markdown(data.weights)
-        if sparse:
-            print("\nSparse SN: the layers (of each run) that ended on each normalizer, and how many of its\n"
-                  "mean and variance selections are exactly one-hot:\n\n" + sparse, end="")
-    if args.by_block is not None:
-        print(f"\nSN's importance weights per block (Fig. 3; blocks: the first {args.by_block} parts of the layer "
-              "names):\n\n" + weights_by_block(data.weights, args.by_block), end="")
-    if args.by_epoch:
-        print("\nSN's average BN weights at the end of each epoch (Fig. 4 over training):\n\n"
-              + epoch_weights_markdown(weights_by_epoch(data.weights)), end="")
+    for i, (name, text) in enumerate(sections):
+        if len(sections) > 1:
+            print(("\n" if i else "") + f"## {name}\n")
+        print(text, end="")
     return 0
+
+
+def classify_experiments(runs) -> list[str]:
+    """The experiments that hold finished classification runs, in name order."""
+    if runs.empty:
+        return []
+    done = runs[runs["task"].eq("classify") & runs["status"].eq("finished")]
+    return sorted(done["experiment"].dropna().unique().tolist())
+
+
+def _only(data, experiment: str):
+    """The runs and weights of one experiment."""
+    runs = data.runs[data.runs["experiment"].eq(experiment)]
+    weights = data.weights[data.weights["experiment"].eq(experiment)] if not data.weights.empty else data.weights
+    return runs, weights
+
+
+def print_tables(selected, args) -> str:
+    """The tables the options ask for, for one experiment's runs and weights."""
+    runs, weights = selected
+    table = accuracy_table(runs, metric=args.metric, eval_stats=args.eval_stats)
+    out = table_markdown(table, digits=args.digits)
+    if args.paper:
+        out += "\n" + comparison_markdown(table, digits=args.digits)
+        out += "\nSN's importance weights per batch setting (Fig. 4):\n\n" + weights_markdown(weights_by_batch(weights))
+        sparse = sparse_markdown(weights)
+        if sparse:
+            out += ("\nSparse SN: the layers (of each run) that ended on each normalizer, and how many of its\n"
+                    "mean and variance selections are exactly one-hot:\n\n" + sparse)
+    if args.by_block is not None:
+        out += (f"\nSN's importance weights per block (Fig. 3; blocks: the first {args.by_block} parts of the layer "
+                "names):\n\n" + weights_by_block(weights, args.by_block))
+    if args.by_epoch:
+        out += ("\nSN's average BN weights at the end of each epoch (Fig. 4 over training):\n\n"
+                + epoch_weights_markdown(weights_by_epoch(weights)))
+    return out
 
 
 if __name__ == "__main__":

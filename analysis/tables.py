@@ -15,6 +15,7 @@ import math
 import pandas as pd
 
 from analysis.aggregate import add_blocks, average_weights, exclude_sparse, order_batches, order_ops
+from analysis.load import SUMMARY_COLUMNS
 from runformat import parse_batch
 
 NORM_ORDER = ("bn", "gn", "in", "ln", "sn", "sn-inln", "ssn", "ssn-inln", "sn-lngn", "sn-all", "none")
@@ -22,6 +23,14 @@ SN_WITHOUT_BN = "sn-inln"
 # at Gx1 settings a row takes the runs of its variant without BN (marked *): SN and Sparse SN
 WITHOUT_BN = {"sn": SN_WITHOUT_BN, "ssn": "ssn-inln"}
 DEFAULT_DIFFS = (("sn", "bn"), ("sn", "gn"))
+# config keys that do not change what a run computes (where it runs, how it logs, its name):
+# the runs of one cell may differ in these; any other difference is a different recipe
+NOT_RECIPE = frozenset({
+    "run", "seed", "root", "task", "norm", "batch", "description", "accelerator", "devices", "strategy",
+    "num_nodes", "threads", "num_workers", "log_every_n_steps", "weights_every_n_steps", "sample_every_n_steps",
+    "progress_bar", "wandb", "wandb_project", "resume", "overwrite", "data_root", "download"})
+NOT_CONFIG = frozenset({"run_id", "path", "label", "source"}) | frozenset(SUMMARY_COLUMNS)
+NOT_RECIPE_PREFIXES = ("final_", "provenance.", "versions.")
 FOOTNOTE = ("(*) For {cols}, SN is sn-inln (IN and LN, without BN), as BN is the same as IN "
             "when each device holds a single sample.")
 SSN_FOOTNOTE = "(*) For {cols}, SSN is ssn-inln (sparse SN over IN and LN, without BN)."
@@ -82,7 +91,29 @@ def accuracy_table(runs: pd.DataFrame, metric: str = "test_acc", diffs=DEFAULT_D
     if eval_stats is None and "eval_stats" in data.columns and data["eval_stats"].nunique() > 1:
         table.attrs["footnotes"].append(
             "Note: runs with different eval_stats are averaged together; filter with --eval-stats.")
+    mixed = mixed_recipes(data)
+    table.attrs["mixed"] = mixed
+    table.attrs["footnotes"] += [f"Warning: {cell} averages runs that differ in {what}; tabulate one experiment "
+                                 "or recipe at a time." for cell, what in mixed.items()]
     return table
+
+
+def mixed_recipes(runs: pd.DataFrame) -> dict[str, str]:
+    """The cells (norm x batch setting) whose runs differ in more than their seed: in the experiment
+    or in a config key that changes what a run computes (every key but :data:`NOT_RECIPE`'s).
+    Returns ``{"SN 8x8": "epochs (10, 20)", ...}`` ("experiment (a, b)" first where they differ)."""
+    columns = [c for c in runs.columns if c not in NOT_RECIPE and c not in NOT_CONFIG
+               and not c.startswith(NOT_RECIPE_PREFIXES)]
+    out = {}
+    for (norm, batch), group in runs.groupby(["norm", "batch"]):
+        if len(group) < 2:
+            continue
+        keys = sorted((c for c in columns if group[c].map(repr).nunique() > 1),
+                      key=lambda c: (c != "experiment", c))
+        if keys:
+            out[f"{str(norm).upper()} {batch}"] = "; ".join(
+                f"{c} ({', '.join(sorted({str(v) for v in group[c]}))})" for c in keys)
+    return out
 
 
 def table_markdown(table: pd.DataFrame, digits: int = 1, spread: bool = True) -> str:

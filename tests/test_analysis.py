@@ -359,6 +359,42 @@ def test_results_command_prints_the_table(root, tmp_path, capsys):
     assert results.main(["--root", str(root), "--metric", "nope"]) == 2
 
 
+def test_table2_warns_when_a_cell_mixes_recipes(tmp_path):
+    """Runs of one norm and batch setting that differ in more than their seed (here epochs, and
+    in the second case the experiment) are flagged in the table's notes; differences that do not
+    change the result (threads, logging, provenance) are not."""
+    def add(exp, run, seed, acc, **extra):
+        write_run(tmp_path, exp, run, classify_config(exp, run, "sn", "8x4", seed, **extra),
+                  summary("classify", exp, run, "finished", {"test_acc": acc}))
+    add("a", "s0", 0, 0.80, threads=1, weights_every_n_steps=10, provenance={"commit": "x", "dirty": False})
+    add("a", "s1", 1, 0.82, threads=2, weights_every_n_steps=40, provenance={"commit": "y", "dirty": True})
+    table = accuracy_table(load_runs(tmp_path).runs)
+    assert table.attrs["mixed"] == {} and "Warning" not in table_markdown(table)
+    add("a", "long", 2, 0.90, epochs=10)
+    table = accuracy_table(load_runs(tmp_path).runs)
+    assert table.attrs["mixed"] == {"SN 8x4": "epochs (10, 3)"}
+    assert "Warning: SN 8x4 averages runs that differ in epochs (10, 3)" in table_markdown(table)
+    add("b", "s0", 0, 0.70)
+    assert accuracy_table(load_runs(tmp_path).runs).attrs["mixed"] == {"SN 8x4": "experiment (a, b); epochs (10, 3)"}
+
+
+def test_results_command_tabulates_each_experiment_apart(tmp_path, capsys):
+    """Without --experiment the runs of several experiments get one section each: never one
+    table averaging them as if they were seeds."""
+    for exp, accs in (("quick", (0.80, 0.82)), ("long", (0.90,))):
+        for seed, acc in enumerate(accs):
+            run = f"sn_s{seed}"
+            write_run(tmp_path, exp, run, classify_config(exp, run, "sn", "8x4", seed),
+                      summary("classify", exp, run, "finished", {"test_acc": acc}))
+    assert results.main(["--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    long_part, quick_part = out.split("## quick")
+    assert long_part.startswith("## long") and "| SN | 90.0 |" in long_part
+    assert "| SN | 81.0 \u00b1 1.4 |" in quick_part and "Warning" not in out
+    assert results.main(["--root", str(tmp_path), "--experiment", "quick"]) == 0
+    assert not capsys.readouterr().out.startswith("##")
+
+
 def test_results_module_runs_as_a_command(root):
     proc = subprocess.run([sys.executable, "-m", "analysis.results", "--root", str(root), "--experiment", "sweep",
                            "--digits", "2"], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -89,3 +89,21 @@ def test_fig4_shows_one_experiment_at_a_time(monkeypatch, tmp_path, reference):
         assert [(t["meta"], t["x"], t["customdata"]) for t in fig4["data"]] == \
             [(t["meta"], t["x"], t["customdata"]) for t in alone["data"]]
         assert [t["y"] for t in fig4["data"]] == [pytest.approx(t["y"]) for t in alone["data"]]
+
+
+def test_table2_shows_one_experiment_at_a_time(monkeypatch, tmp_path, reference):
+    """The user's copy of an experiment and the reference one are not averaged as if they were
+    more seeds: Table 2 shows one experiment at a time, each equal to the table of that
+    experiment alone (same means, same spread over the same 2 seeds of SN 8x4)."""
+    def table2(at):
+        return [m.value for m in at.markdown if m.value.startswith("| norm |")]
+    at = start(monkeypatch, write_fixture_runs(tmp_path / "alone"))
+    assert not [b for b in at.selectbox if b.key == "table2_experiment"]
+    [alone] = table2(at)
+    assert "| SN | 86.0 ± 1.4 | 76.0* |" in alone  # sn-8x4 (85%) and sn-8x4-seed2 (87%)
+    at = start(monkeypatch, write_fixture_runs(tmp_path / "runs"), reference)
+    assert list(at.selectbox(key="table2_experiment").options) == ["sweep", "sweep (reference)"]
+    for choice in ("sweep", "sweep (reference)"):
+        at.selectbox(key="table2_experiment").set_value(choice).run()
+        assert not at.exception
+        assert table2(at) == [alone]
