@@ -107,7 +107,9 @@ def ap_table(runs: pd.DataFrame) -> pd.DataFrame:
 
     Columns: ``backbone``, ``head``, ``batch``, then ``AP``, ``AP50``, ``AP75``, ``mask AP``,
     ``mask AP50``, ``mask AP75`` (means over the runs of a row; a column no run has is left
-    out) and ``runs`` (how many). Rows in the order bn-frozen, bn, gn, sn, sn-inln.
+    out) and ``runs`` (how many). Rows in the order bn-frozen, bn, gn, sn, sn-inln. Runs of
+    different experiments are never averaged together: with several experiments an
+    ``experiment`` column comes first and each experiment has its own rows.
     """
     data = detect_only(runs)
     if "status" in data.columns:
@@ -117,9 +119,12 @@ def ap_table(runs: pd.DataFrame) -> pd.DataFrame:
     if data.empty or not present:
         return pd.DataFrame(columns=columns)
     data = data.assign(head=data["head_norm"] if "head_norm" in data.columns else data["norm"])
+    several = data["experiment"].nunique() > 1
+    columns = (["experiment"] if several else []) + columns
     rows = []
-    for (norm, head, batch), group in data.groupby(["norm", "head", "batch"], dropna=False):
-        row = {"backbone": norm, "head": "–" if head == "none" else head, "batch": batch}
+    for (experiment, norm, head, batch), group in data.groupby(["experiment", "norm", "head", "batch"], dropna=False):
+        row = {"experiment": experiment} if several else {}
+        row.update({"backbone": norm, "head": "–" if head == "none" else head, "batch": batch})
         for c, name in present:
             values = pd.to_numeric(group[f"final_{c}"], errors="coerce").dropna()
             row[name] = 100.0 * float(values.mean()) if len(values) else math.nan
@@ -129,7 +134,8 @@ def ap_table(runs: pd.DataFrame) -> pd.DataFrame:
 
     def rank(norm):
         return (NORM_ORDER.index(norm), "") if norm in NORM_ORDER else (len(NORM_ORDER), str(norm))
-    order = sorted(range(len(table)), key=lambda i: (rank(table["backbone"][i]), rank(table["head"][i]),
+    order = sorted(range(len(table)), key=lambda i: (str(table["experiment"][i]) if several else "",
+                                                     rank(table["backbone"][i]), rank(table["head"][i]),
                                                      batch_sort_key(table["batch"][i])))
     return table.iloc[order].reset_index(drop=True)
 

@@ -89,3 +89,22 @@ def test_dashboard_shows_the_detection_views(monkeypatch, tmp_path):
     images = [img for el in at.get("image") for img in el.proto.imgs]
     assert [img.caption for img in images] == ["val_000000.png", "val_000001.png"]
     assert any("Predicted boxes and masks (2 validation images)" in h.value for h in at.subheader)
+
+
+def test_ap_table_keeps_experiments_apart(tmp_path):
+    """Two copies of the same runs under two experiments: each experiment keeps its own rows
+    (the same values and run counts as alone), never one row averaging both."""
+    import shutil
+
+    from analysis.load import load_runs
+
+    root = write_detect_runs(tmp_path / "runs")
+    alone = ap_table(load_runs(root).runs)
+    [name] = [p.name for p in root.iterdir() if p.is_dir()]
+    shutil.copytree(root / name, root / "zz-copy")
+    table = ap_table(load_runs(root).runs)
+    assert list(table.columns) == ["experiment"] + list(alone.columns)
+    assert table["experiment"].tolist() == [name] * len(alone) + ["zz-copy"] * len(alone)
+    for exp in (name, "zz-copy"):
+        part = table[table["experiment"].eq(exp)].drop(columns="experiment").reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, alone)
