@@ -134,17 +134,17 @@ def tab_weights(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
     layer_views(weights, with_weights, int(depth))
 
 
-def one_experiment(weights: pd.DataFrame) -> pd.DataFrame:
-    """The rows of one experiment, picked in a select box when there are several: experiments
-    train for different lengths, so their weights are not averaged together (the reference
-    results' experiments are already labelled '(reference)')."""
-    label = weights["experiment"].astype(str)
-    choices = sorted(label.unique())
+def one_experiment(frame: pd.DataFrame, key: str = "fig4_experiment", what: str = "Fig. 4") -> pd.DataFrame:
+    """The rows (weights or runs) of one experiment, picked in a select box when there are several:
+    experiments train for different lengths and recipes, so they are not averaged together (the
+    reference results' experiments are already labelled '(reference)')."""
+    label = frame["experiment"].astype(str)
+    choices = sorted(label.dropna().unique())
     if len(choices) <= 1:
-        return weights
-    choice = st.selectbox("Experiment", choices, key="fig4_experiment",
-                          help="experiments differ in length and recipe, so Fig. 4 shows one at a time")
-    return weights[label.eq(choice)]
+        return frame
+    choice = st.selectbox("Experiment", choices, key=key,
+                          help=f"experiments differ in length and recipe, so {what} shows one at a time")
+    return frame[label.eq(choice)]
 
 
 def sparse_views(runs: pd.DataFrame, weights: pd.DataFrame) -> None:
@@ -188,12 +188,7 @@ def tab_results(runs: pd.DataFrame, metrics: pd.DataFrame) -> None:
         metric = left.selectbox("Metric", ["test_acc", "best_val_acc"])
         eval_stats = right.selectbox("Evaluation statistics", ["all", "batch_average", "moving_average"])
         beside = st.toggle("Beside the paper's Table 2 (ImageNet, ResNet-50)", value=False, key="beside_paper")
-        classify = runs[runs["task"].eq("classify")]
-        experiments = sorted(classify["experiment"].dropna().astype(str).unique())
-        if len(experiments) > 1:  # experiments differ in recipe: their runs are never averaged together
-            chosen = st.selectbox("Experiment", experiments, key="table2_experiment",
-                                  help="experiments differ in length and recipe, so Table 2 shows one at a time")
-            classify = classify[classify["experiment"].astype(str).eq(chosen)]
+        classify = one_experiment(runs[runs["task"].eq("classify")], key="table2_experiment", what="Table 2")
         try:
             table = tables.accuracy_table(classify, metric=metric, eval_stats=None if eval_stats == "all" else eval_stats)
             st.markdown(tables.table_markdown(table))

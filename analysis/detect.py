@@ -170,19 +170,15 @@ def list_predictions(run_dir: str | os.PathLike) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m analysis.detect``: the AP table and SN's weights per component, as markdown."""
-    from analysis.load import load_runs
+    from analysis.load import load_for_command
 
     parser = argparse.ArgumentParser(prog="python -m analysis.detect", description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="runs", help="root of the run directories (default: runs)")
     parser.add_argument("--experiment", action="append", default=None, help="only this experiment (repeatable)")
     args = parser.parse_args(argv)
-    try:
-        data = load_runs(args.root, experiment=args.experiment)
-    except (ValueError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    data = load_for_command(args.root, args.experiment)
+    if data is None:
         return 2
-    for warning in data.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     table = ap_table(data.runs)
     if table.empty:
         print(f"No finished detection runs under {args.root}. Create some, e.g.: "

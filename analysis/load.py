@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,19 @@ def load_runs(root: str | os.PathLike = "runs", experiment: str | list[str] | No
     metrics = _attach_ids(metric_frames, runs, METRIC_COLUMNS)
     weights = _attach_ids(weight_frames, runs, WEIGHT_COLUMNS)
     return RunData(runs.reset_index(drop=True), metrics, weights, warnings)
+
+
+def load_for_command(root: str | os.PathLike, experiment: str | list[str] | None = None) -> RunData | None:
+    """:func:`load_runs` for the ``python -m analysis.*`` commands: the files it skipped are printed
+    to stderr as warnings; a bad root prints ``error: ...`` there and gives None (exit status 2)."""
+    try:
+        data = load_runs(root, experiment=experiment)
+    except (ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+    for warning in data.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return data
 
 
 REFERENCE = "reference"  # the source of the committed reference results (results/)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.load import load_runs
+from analysis.load import load_for_command
 from analysis.sparse import sparse_markdown
 from analysis.tables import (accuracy_table, comparison_markdown, epoch_weights_markdown, table_markdown, weights_by_batch,
                              weights_by_block, weights_by_epoch, weights_markdown)
@@ -49,15 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     Experiments differ in recipe (epochs, data), so the runs of several experiments are never
     averaged together: with no ``--experiment`` each experiment gets its own section."""
     args = build_parser().parse_args(argv)
+    data = load_for_command(args.root, args.experiment)
+    if data is None:
+        return 2
+    experiments = classify_experiments(data.runs)
     try:
-        data = load_runs(args.root, experiment=args.experiment)
-        experiments = classify_experiments(data.runs)
         sections = [(name, print_tables(_only(data, name), args)) for name in experiments]
     except (ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for warning in data.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     if not experiments:
         where = f"{args.root}" + (f" (experiment {', '.join(args.experiment)})" if args.experiment else "")
         print(f"No finished classification runs under {where}.\n{CREATE_HINT}", file=sys.stderr)

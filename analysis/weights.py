@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis.aggregate import (STAT_ORDER, average_weights, exclude_sparse, final_weights, layer_matrix,
                                 network_trajectory, order_ops)
-from analysis.load import load_runs
+from analysis.load import load_for_command
 
 CREATE_HINT = ("Runs log weights when their norm has SN layers, e.g.: python -m tasks.stylize --experiment "
                "stylize-quick (or bash scripts/run.sh for all quick experiments)")
@@ -43,12 +43,12 @@ def run_averages(weights: pd.DataFrame) -> pd.DataFrame:
     complete logged step)."""
     if weights.empty:
         return pd.DataFrame()
-    avg = average_weights(weights, "run_id")
+    final = final_weights(weights)
+    avg = average_weights(final, "run_id", final=False)
     table = avg.pivot_table(index="run_id", columns=["stat", "op"], values="weight")
     cols = [c for c in _columns(avg["op"]) if c in table.columns]
     order = list(dict.fromkeys(weights["run_id"]))
     table = table.reindex(index=order, columns=pd.MultiIndex.from_tuples(cols))
-    final = final_weights(weights)
     table[("layers", "")] = final.groupby("run_id")["layer"].nunique().reindex(order)
     table[("step", "")] = final.groupby("run_id")["step"].max().reindex(order)
     return table
@@ -175,13 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--points must be at least 2, got {args.points}")
     if not 0 <= args.digits <= 6:
         parser.error(f"--digits must be between 0 and 6, got {args.digits}")
-    try:
-        data = load_runs(args.root, experiment=args.experiment)
-    except (ValueError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    data = load_for_command(args.root, args.experiment)
+    if data is None:
         return 2
-    for warning in data.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     weights = exclude_sparse(data.weights)  # Sparse SN's one-hot choices: python -m analysis.results --paper
     if args.task and not weights.empty:
         weights = weights[weights["task"].isin(args.task)]
