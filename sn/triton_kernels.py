@@ -163,7 +163,7 @@ def row_grad_sums(g: Tensor, x3: Tensor, mean_in: Tensor) -> Tuple[Tensor, Tenso
     sgx = torch.empty_like(sg)
     rows_per, block = _blocks(l)
     _row_grad_sums_kernel[(triton.cdiv(n * c, rows_per),)](g, x3, _rows(mean_in), sg, sgx, n * c, c, l,
-                                                           *_layout(x3), ROWS=rows_per, BLOCK=block)
+                                                           *_layout(x3), ROWS=rows_per, BLOCK=block, num_warps=8)
     return sg, sgx
 
 
