@@ -10,8 +10,8 @@ from the call's context, which of four implementations runs:
                     ``torch.compile`` on CPUs
 ``"torch"``         PyTorch operations in BatchNorm's passes (:mod:`sn.fused`): GPUs, and
                     CPUs without a C compiler
-``"triton"``        the same with Triton kernels for the passes over the data
-                    (:mod:`sn.triton_kernels`): CUDA tensors, opt-in until measured
+``"triton"``        seven Triton kernels a training step, the mixing fused into them
+                    (:mod:`sn.triton_path`): CUDA tensors, opt-in until measured
 ``"composite"``     plain differentiable operations (:mod:`sn.composite`): tracing
                     (``torch.jit.trace``, ``torch.export``, ONNX export), ``torch.func``
                     transforms, synchronized SN across processes, ``torch.compile`` where
@@ -289,8 +289,14 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
         out, moments = SNN.switch_norm(*args, needs_grad=needs_grad)
     elif path == "native-op":
         out, moments = SNO.switch_norm(*args)
-    elif path in ("torch", "triton"):
-        out, moments = _fused(*args, path)
+    elif path == "triton":
+        from . import triton_path  # (imports triton: only when asked for)
+        running = None
+        if training and use_batch and running_mean is not None and isinstance(momentum, (int, float)):
+            running = (running_mean, running_var, momentum, count / max(count - 1, 1))  # (updated in the kernels)
+        out, moments = triton_path.switch_norm(*args, running=running)
+    elif path == "torch":
+        out, moments = _fused(*args)
     elif world > 1:
         out, moments = composite.switch_norm(*args, bn_reduce=lambda m, v: SND.sync_moments(m, v, count,
                                                                                             process_group))
@@ -308,20 +314,16 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
     return _like(out, input)
 
 
-def _fused(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var, path):
-    """The four-pass path (:mod:`sn.fused`) with PyTorch's or the Triton passes:
-    :class:`sn.fused.FusedSwitchNorm` when a gradient is needed, its forward alone otherwise."""
-    if path == "triton":
-        from . import triton_kernels as passes  # (imports triton: only when asked for)
-    else:
-        passes, x3 = fused.TORCH_PASSES, x3.contiguous()
+def _fused(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var):
+    """The four-pass path (:mod:`sn.fused`): :class:`sn.fused.FusedSwitchNorm` when a gradient is
+    needed, its forward alone otherwise."""
+    x3 = x3.contiguous()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (x3, mean_weight, var_weight, weight, bias)):
         out, *moments = fused.FusedSwitchNorm.apply(x3, mean_weight, var_weight, weight, bias, config, bn_mean,
-                                                    bn_var, passes)
+                                                    bn_var)
         return out, (tuple(moments) if moments else None)
-    out, moments, _, _ = fused.mixed_forward(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var,
-                                             passes=passes)
+    out, moments, _, _ = fused.mixed_forward(x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var)
     return out, moments
 
 

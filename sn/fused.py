@@ -1,12 +1,12 @@
 """SN's training forward and backward in BatchNorm's passes over the data.
 
-What runs on GPUs (and on CPUs without a C compiler). The data is read in four passes, each a
-function of a *passes* backend: the forward takes the rows' moments (``row_moments``), then
-writes the output (``apply_rows``); the backward takes the rows' sums of ``g`` and
-``g * (x - mu_in)`` (``row_grad_sums``), then writes ``dx`` (``grad_rows``). :data:`TORCH_PASSES`
-does them with PyTorch's BatchNorm kernels on the ``(1, N * C, L)`` view, where every (sample,
-channel) row is a channel of its own; :mod:`sn.triton_kernels` with Triton kernels (CUDA,
-opt-in). Everything in between is ``(N, C)``-sized: Eqn. 3-5 are :func:`sn.composite.mix_statistics` on the rows'
+What runs on GPUs (and on CPUs without a C compiler). The data is read in four passes: the
+forward takes the rows' moments (``row_moments``), then writes the output (``apply_rows``); the
+backward takes the rows' sums of ``g`` and ``g * (x - mu_in)`` (``row_grad_sums``), then writes
+``dx`` (``grad_rows``). :class:`TorchPasses` does them with PyTorch's BatchNorm kernels on the
+``(1, N * C, L)`` view, where every (sample, channel) row is a channel of its own (Triton
+kernels that also fuse the mixing are :mod:`sn.triton_path`). Everything in between is
+``(N, C)``-sized: Eqn. 3-5 are :func:`sn.composite.mix_statistics` on the rows'
 moments, recorded by autograd on those small tensors, and the backward of the mixing (the
 paper's Appendix, softmax included) is autograd's, so no part of it is derived by hand here.
 The importance weights stay on the device (no host synchronization per layer).
@@ -81,16 +81,13 @@ class TorchPasses:
         return dx.addcmul_(g.reshape(x3.shape), a.unsqueeze(2))
 
 
-TORCH_PASSES = TorchPasses()
-
-
 def mixed_forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor],
                   bias: Optional[Tensor], config: Config, bn_mean: Optional[Tensor] = None,
-                  bn_var: Optional[Tensor] = None, record: bool = False, passes=TORCH_PASSES):
+                  bn_var: Optional[Tensor] = None, record: bool = False):
     """SN of ``x3`` ``(N, C, L)`` without a graph: ``(output (viewable as N, C, L), batch BN moments or None,
     the mixing (recorded for a backward when ``record``), mixed variance + eps (N, C))``."""
     n, c, l = x3.shape
-    mean_in, var_in = passes.row_moments(x3)  # (N, C)
+    mean_in, var_in = TorchPasses.row_moments(x3)  # (N, C)
     mixing = _Mixing(mean_in, var_in, mean_logits, var_logits, config, bn_mean, bn_var, record)
     stat_dtype = mean_in.dtype
     var_eps = (mixing.var.detach() + config.eps).expand(n, c)
@@ -99,7 +96,7 @@ def mixed_forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: O
         scale = scale * weight.detach().to(stat_dtype)
     shift = (torch.zeros((), dtype=stat_dtype, device=x3.device) if bias is None
              else bias.detach().to(stat_dtype)).expand(n, c)
-    out = passes.apply_rows(x3, mixing.mean.detach().expand(n, c), scale, shift)
+    out = TorchPasses.apply_rows(x3, mixing.mean.detach().expand(n, c), scale, shift)
     batch_bn = None if mixing.batch_bn is None else tuple(t.detach() for t in mixing.batch_bn)
     return out, batch_bn, mixing, var_eps
 
@@ -108,18 +105,17 @@ class FusedSwitchNorm(torch.autograd.Function):
     """SN forward and backward in four passes over the data, saving the input (and references to
     the parameters) and the mixing's ``(N, C)``-sized graph.
 
-    ``apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, passes)`` with
-    ``x3`` ``(N, C, L)`` as the passes take it (contiguous for :data:`TORCH_PASSES`); returns the
-    output (viewable as ``(N, C, L)``) and, when the BN branch uses the batch, its per-device moments.
+    ``apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var)`` with ``x3``
+    ``(N, C, L)`` contiguous; returns the output (viewable as ``(N, C, L)``) and, when the BN branch
+    uses the batch, its per-device moments.
     """
 
     @staticmethod
-    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config, bn_mean=None, bn_var=None,
-                passes=TORCH_PASSES):
+    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config, bn_mean=None, bn_var=None):
         out, batch_bn, mixing, var_eps = mixed_forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean,
-                                                       bn_var, record=True, passes=passes)
+                                                       bn_var, record=True)
         ctx.save_for_backward(x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var)
-        ctx.config, ctx.mixing, ctx.var_eps, ctx.passes = config, mixing, var_eps, passes
+        ctx.config, ctx.mixing, ctx.var_eps = config, mixing, var_eps
         ctx.mark_non_differentiable(*(batch_bn or ()))
         ctx.set_materialize_grads(False)  # (no zero gradients made for the batch moments)
         return (out,) + (batch_bn or ())
@@ -127,27 +123,25 @@ class FusedSwitchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, *unused):
         if grad_out is None:  # the output was not used
-            return (None,) * 9
+            return (None,) * 8
         x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the gradients as a graph (double backward)
             grads = composite.input_gradients((x3, mean_logits, var_logits, weight, bias), grad_out, ctx.config,
                                               bn_mean, bn_var)
-            return tuple(g if ctx.needs_input_grad[i] else None for i, g in enumerate(grads)) + (None,) * 4
+            return tuple(g if ctx.needs_input_grad[i] else None for i, g in enumerate(grads)) + (None,) * 3
         grads = _backward(ctx, grad_out, x3, weight)
         dtypes = [None if t is None else t.dtype for t in (x3, mean_logits, var_logits, weight, bias)]
-        return tuple(g if g is None or g.dtype == dt else g.to(dt) for g, dt in zip(grads, dtypes)) + (None,) * 4
+        return tuple(g if g is None or g.dtype == dt else g.to(dt) for g, dt in zip(grads, dtypes)) + (None,) * 3
 
 
 def _backward(ctx, grad_out: Tensor, x3: Tensor, weight: Optional[Tensor]):
     """``(dx, d_mean_logits, d_var_logits, d_weight, d_bias)``: two passes over the data around
     autograd's backward of the ``(N, C)`` mixing."""
-    mixing, passes = ctx.mixing, ctx.passes
+    mixing = ctx.mixing
     mean_in = mixing.leaves[0].detach()
     n, c, l = x3.shape
-    g = grad_out.reshape(n, c, l)
-    if passes is TORCH_PASSES:
-        g = g.contiguous()
-    s_g, s_gx = passes.row_grad_sums(g, x3, mean_in)  # (N, C) each
+    g = grad_out.reshape(n, c, l).contiguous()
+    s_g, s_gx = TorchPasses.row_grad_sums(g, x3, mean_in)  # (N, C) each
     rstd = ctx.var_eps.rsqrt()  # (N, C)
     gamma_rstd = rstd if weight is None else rstd * weight.detach().to(rstd.dtype)
     s_gxc = torch.addcmul(s_gx, mean_in - mixing.mean.detach(), s_g)  # sum(g * (x - mean)) per row
@@ -157,7 +151,7 @@ def _backward(ctx, grad_out: Tensor, x3: Tensor, weight: Optional[Tensor]):
     d_x = None
     if ctx.needs_input_grad[0]:
         # dx = gamma rstd g + 2 d_var_in / L (x - mean_in) + d_mean_in / L: one pass
-        d_x = passes.grad_rows(g, x3, mean_in, gamma_rstd, d_var_in * (2.0 / l), d_mean_in * (1.0 / l))
+        d_x = TorchPasses.grad_rows(g, x3, mean_in, gamma_rstd, d_var_in * (2.0 / l), d_mean_in * (1.0 / l))
     d_weight = (rstd * s_gxc).sum(0) if ctx.needs_input_grad[3] else None
     d_bias = s_g.sum(0) if ctx.needs_input_grad[4] else None
     return d_x, d_mean_logits, d_var_logits, d_weight, d_bias

@@ -1,44 +1,50 @@
-"""SN's passes over the data as Triton kernels, for CUDA tensors (opt-in: ``implementation="triton"``).
+"""SN for CUDA tensors as seven Triton kernels (opt-in: ``implementation="triton"``).
 
-The four passes the PyTorch-operation path (:mod:`sn.fused`) makes with BatchNorm's kernels,
-each one Triton kernel over the ``(N, C, L)`` rows, in float32 whatever the input's dtype
-(float32, float16, bfloat16; the output keeps the input's):
+A training step is three launches forward and four backward, however many statistics are
+mixed; every ``(N, C)``-sized step (Eqn. 3-5, the softmax, the Appendix's backward and the
+running averages) happens inside them, in float32 whatever the input's dtype (float32, float16,
+bfloat16; the output keeps the input's). A *row* is one (sample, channel) of the ``(N, C, L)``
+view; the kernels take the input's strides, so contiguous and channels-last inputs are read as
+they lie.
 
-- :func:`row_moments`: every row's mean and biased variance (one pass over values shifted by
-  the row's first one);
-- :func:`apply_rows`: ``y = (x - center) * scale + shift`` per row (the forward's output);
-- :func:`row_grad_sums`: every row's ``sum(g)`` and ``sum(g * (x - mean_in))``;
-- :func:`grad_rows`: ``dx = A g + B (x - mean_in) + C0`` per row.
+Forward (:mod:`sn.triton_path` calls them):
 
-Everything else, Eqn. 3-5 and their backward, stays ``(N, C)``-sized PyTorch operations on the
-device (:func:`sn.composite.mix_statistics` under autograd), so no step synchronizes with the
-host. Kernels take the tensors' strides, so contiguous and channels-last inputs are read as they
-lie. ``TRITON_INTERPRET=1`` (set before this module is imported) runs the same kernels on CPU
+1. :func:`row_moments`: every row's mean and biased variance (IN's statistics; one pass over
+   values shifted by the row's first one).
+2. :func:`pool`: LN and GN statistics per sample, BN statistics per device chunk and channel,
+   each pooled from the rows' moments in the stable parallel form (``sn.moments``), and the
+   running averages updated in place.
+3. :func:`mix_apply`: per row the softmax-weighted mean and variance, then
+   ``y = (x - mean) * weight * rstd + bias``; keeps the rows' mixed mean and ``rstd``.
+
+Backward:
+
+4. :func:`row_grad_sums`: every row's ``sum(g)`` and ``sum(g * (x - mean_in))``.
+5. :func:`mix_grad`: the gradients of the mixed moments summed over each pooled set (per sample,
+   group, device chunk and channel), and the affine parameters' gradients.
+6. :func:`logit_grad`: the importance logits' gradients (one program).
+7. :func:`grad_rows`: per row the gradients reaching IN's moments, then
+   ``dx = weight * rstd * g + 2 d_var_in / L (x - mean_in) + d_mean_in / L``.
+
+``TRITON_INTERPRET=1`` (set before this module is imported) runs the same kernels on CPU
 tensors, which is how ``tests/test_sn_triton.py`` checks them without a GPU.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import triton
+import triton.language as tl
 
-import torch
-from torch import Tensor
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError as err:  # pragma: no cover - triton ships with torch's Linux CUDA builds
-    raise ImportError(f"sn's Triton kernels need the triton package ({err}); use implementation='torch'") from err
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+@triton.jit
+def _row_offsets(r64, C, s_n, s_c):
+    return (r64 // C) * s_n + (r64 % C) * s_c
 
 
 @triton.jit
-def _row_moments_kernel(x_ptr, mean_ptr, var_ptr, rows, C, L, s_n, s_c, s_l,
-                        ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def row_moments_kernel(x_ptr, mean_ptr, var_ptr, rows, C, L, s_n, s_c, s_l, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # (ROWS,) row indices n * C + c
     row_ok = r < rows
     r64 = r.to(tl.int64)
-    base = (r64 // C) * s_n + (r64 % C) * s_c  # (ROWS,)
+    base = _row_offsets(r64, C, s_n, s_c)  # (ROWS,)
     first = tl.load(x_ptr + base, mask=row_ok, other=0.0).to(tl.float32)
     acc_s = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
     acc_q = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
@@ -56,32 +62,156 @@ def _row_moments_kernel(x_ptr, mean_ptr, var_ptr, rows, C, L, s_n, s_c, s_l,
 
 
 @triton.jit
-def _apply_rows_kernel(x_ptr, g_ptr, out_ptr, a_ptr, b_ptr, c0_ptr, center_ptr, rows, C, L, s_n, s_c, s_l,
-                       HAS_G: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def pool_kernel(mean_ptr, var_ptr, ln_m, ln_v, gn_m, gn_v, bn_m, bn_v, run_m, run_v, momentum, unbias,
+                N, C, G, CG, D, S, SAMPLE_PROGRAMS,
+                HAS_LN: tl.constexpr, HAS_GN: tl.constexpr, HAS_BN: tl.constexpr, UPDATE: tl.constexpr,
+                BLOCK_C: tl.constexpr, BG: tl.constexpr, BCG: tl.constexpr, BS: tl.constexpr, BC: tl.constexpr):
+    """Programs ``< SAMPLE_PROGRAMS``: one sample's LN (and GN) moments; the rest: BN's moments of
+    ``BC`` channels in every device chunk, then their running averages."""
+    pid = tl.program_id(0)
+    if pid < SAMPLE_PROGRAMS:
+        row = pid.to(tl.int64) * C
+        if HAS_LN:  # the sample's C rows, in tiles (two passes: the pooled mean, then the spread about it)
+            acc_ln = tl.zeros([BLOCK_C], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                cc = c0 + tl.arange(0, BLOCK_C)
+                acc_ln += tl.load(mean_ptr + row + cc, mask=cc < C, other=0.0)
+            mu_ln = tl.sum(acc_ln, axis=0) / C
+            acc_ln = tl.zeros([BLOCK_C], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                cc = c0 + tl.arange(0, BLOCK_C)
+                dev_ln = tl.where(cc < C, tl.load(mean_ptr + row + cc, mask=cc < C, other=0.0) - mu_ln, 0.0)
+                acc_ln += tl.load(var_ptr + row + cc, mask=cc < C, other=0.0) + dev_ln * dev_ln
+            tl.store(ln_m + pid, mu_ln)
+            tl.store(ln_v + pid, tl.sum(acc_ln, axis=0) / C)
+        if HAS_GN:  # BG groups at a time, their CG channels in tiles of BCG
+            for g0 in range(0, G, BG):
+                gg = g0 + tl.arange(0, BG)
+                acc_gn = tl.zeros([BG, BCG], dtype=tl.float32)
+                for j0 in range(0, CG, BCG):
+                    jj = j0 + tl.arange(0, BCG)
+                    ok = (gg < G)[:, None] & (jj < CG)[None, :]
+                    acc_gn += tl.load(mean_ptr + row + gg[:, None] * CG + jj[None, :], mask=ok, other=0.0)
+                mu_gn = tl.sum(acc_gn, axis=1) / CG
+                acc_gn = tl.zeros([BG, BCG], dtype=tl.float32)
+                for j0 in range(0, CG, BCG):
+                    jj = j0 + tl.arange(0, BCG)
+                    ok = (gg < G)[:, None] & (jj < CG)[None, :]
+                    offs = row + gg[:, None] * CG + jj[None, :]
+                    dev_gn = tl.where(ok, tl.load(mean_ptr + offs, mask=ok, other=0.0) - mu_gn[:, None], 0.0)
+                    acc_gn += tl.load(var_ptr + offs, mask=ok, other=0.0) + dev_gn * dev_gn
+                tl.store(gn_m + pid * G + gg, mu_gn, mask=gg < G)
+                tl.store(gn_v + pid * G + gg, tl.sum(acc_gn, axis=1) / CG, mask=gg < G)
+    else:
+        cc = (pid - SAMPLE_PROGRAMS) * BC + tl.arange(0, BC)
+        c_ok = cc < C
+        total_m = tl.zeros([BC], dtype=tl.float32)
+        total_v = tl.zeros([BC], dtype=tl.float32)
+        for d in range(0, D):  # device chunks of S samples
+            acc = tl.zeros([BS, BC], dtype=tl.float32)
+            for s0 in range(0, S, BS):
+                ss = s0 + tl.arange(0, BS)
+                ok = (ss < S)[:, None] & c_ok[None, :]
+                acc += tl.load(mean_ptr + (d * S + ss).to(tl.int64)[:, None] * C + cc[None, :], mask=ok, other=0.0)
+            mu = tl.sum(acc, axis=0) / S
+            acc = tl.zeros([BS, BC], dtype=tl.float32)
+            for s0 in range(0, S, BS):
+                ss = s0 + tl.arange(0, BS)
+                ok = (ss < S)[:, None] & c_ok[None, :]
+                offs = (d * S + ss).to(tl.int64)[:, None] * C + cc[None, :]
+                dev = tl.where(ok, tl.load(mean_ptr + offs, mask=ok, other=0.0) - mu[None, :], 0.0)
+                acc += tl.load(var_ptr + offs, mask=ok, other=0.0) + dev * dev
+            var = tl.sum(acc, axis=0) / S
+            tl.store(bn_m + d * C + cc, mu, mask=c_ok)
+            tl.store(bn_v + d * C + cc, var, mask=c_ok)
+            total_m += mu
+            total_v += var
+        if UPDATE:  # BatchNorm's moving averages of the chunks' average (unbiased variance)
+            old_m = tl.load(run_m + cc, mask=c_ok, other=0.0)
+            old_v = tl.load(run_v + cc, mask=c_ok, other=0.0)
+            new_m = old_m.to(tl.float32) + momentum * (total_m / D - old_m.to(tl.float32))
+            new_v = (1.0 - momentum) * old_v.to(tl.float32) + (momentum * unbias) * (total_v / D)
+            tl.store(run_m + cc, new_m.to(run_m.dtype.element_ty), mask=c_ok)
+            tl.store(run_v + cc, new_v.to(run_v.dtype.element_ty), mask=c_ok)
+
+
+@triton.jit
+def _weights(logit_ptr, K: tl.constexpr):
+    """The softmax of the K (<= 4) logits, as a 4-vector (zeros past K; -inf logits give 0)."""
+    k = tl.arange(0, 4)
+    z = tl.load(logit_ptr + k, mask=k < K, other=float("-inf")).to(tl.float32)
+    e = tl.exp(z - tl.max(z, axis=0))
+    return e / tl.sum(e, axis=0)
+
+
+@triton.jit
+def _pick(w, k: tl.constexpr):
+    return tl.sum(tl.where(tl.arange(0, 4) == k, w, 0.0), axis=0)
+
+
+@triton.jit
+def _mixed(r64, ok, C, G, CG, S, mean_in, var_in, wm, wv, ln_m, ln_v, gn_m, gn_v, bn_m, bn_v,
+           IN_K: tl.constexpr, LN_K: tl.constexpr, GN_K: tl.constexpr, BN_K: tl.constexpr):
+    """Eqn. 3 for the rows ``r64``: the weighted sums of their IN, LN, GN and BN moments."""
+    n = r64 // C
+    c = r64 % C
+    mu = tl.zeros_like(mean_in)
+    var = tl.zeros_like(mean_in)
+    if IN_K >= 0:
+        mu += _pick(wm, IN_K) * mean_in
+        var += _pick(wv, IN_K) * var_in
+    if LN_K >= 0:
+        mu += _pick(wm, LN_K) * tl.load(ln_m + n, mask=ok, other=0.0)
+        var += _pick(wv, LN_K) * tl.load(ln_v + n, mask=ok, other=0.0)
+    if GN_K >= 0:
+        mu += _pick(wm, GN_K) * tl.load(gn_m + n * G + c // CG, mask=ok, other=0.0)
+        var += _pick(wv, GN_K) * tl.load(gn_v + n * G + c // CG, mask=ok, other=0.0)
+    if BN_K >= 0:  # (batch moments (D, C) with S samples a chunk, or running ones (C,) with S = N)
+        mu += _pick(wm, BN_K) * tl.load(bn_m + (n // S) * C + c, mask=ok, other=0.0).to(tl.float32)
+        var += _pick(wv, BN_K) * tl.load(bn_v + (n // S) * C + c, mask=ok, other=0.0).to(tl.float32)
+    return mu, var
+
+
+@triton.jit
+def mix_apply_kernel(x_ptr, out_ptr, mean_in_ptr, var_in_ptr, ml_ptr, vl_ptr, w_ptr, b_ptr,
+                     ln_m, ln_v, gn_m, gn_v, bn_m, bn_v, mu_ptr, rstd_ptr, eps,
+                     rows, C, L, G, CG, S, s_n, s_c, s_l,
+                     K: tl.constexpr, IN_K: tl.constexpr, LN_K: tl.constexpr, GN_K: tl.constexpr,
+                     BN_K: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, SAVE: tl.constexpr,
+                     ROWS: tl.constexpr, BLOCK: tl.constexpr):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     row_ok = r < rows
     r64 = r.to(tl.int64)
-    offs = ((r64 // C) * s_n + (r64 % C) * s_c)[:, None] + t[None, :].to(tl.int64) * s_l
+    mean_in = tl.load(mean_in_ptr + r64, mask=row_ok, other=0.0)
+    var_in = tl.load(var_in_ptr + r64, mask=row_ok, other=0.0)
+    mu, var = _mixed(r64, row_ok, C, G, CG, S, mean_in, var_in, _weights(ml_ptr, K), _weights(vl_ptr, K),
+                     ln_m, ln_v, gn_m, gn_v, bn_m, bn_v, IN_K, LN_K, GN_K, BN_K)
+    rstd = 1.0 / tl.sqrt(var + eps)
+    scale = rstd
+    c = r64 % C
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + c, mask=row_ok, other=0.0).to(tl.float32)
+    shift = tl.zeros_like(mu)
+    if HAS_B:
+        shift = tl.load(b_ptr + c, mask=row_ok, other=0.0).to(tl.float32)
+    if SAVE:  # (for the backward: once per row)
+        tl.store(mu_ptr + r64, mu, mask=row_ok & (tl.program_id(1) == 0))
+        tl.store(rstd_ptr + r64, rstd, mask=row_ok & (tl.program_id(1) == 0))
+    offs = _row_offsets(r64, C, s_n, s_c)[:, None] + t[None, :].to(tl.int64) * s_l
     ok = row_ok[:, None] & (t[None, :] < L)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    center = tl.load(center_ptr + r64, mask=row_ok, other=0.0)
-    b = tl.load(b_ptr + r64, mask=row_ok, other=0.0)
-    c0 = tl.load(c0_ptr + r64, mask=row_ok, other=0.0)
-    y = (x - center[:, None]) * b[:, None] + c0[:, None]
-    if HAS_G:
-        a = tl.load(a_ptr + r64, mask=row_ok, other=0.0)
-        y += tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32) * a[:, None]
+    y = (x - mu[:, None]) * scale[:, None] + shift[:, None]
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
-def _row_grad_sums_kernel(g_ptr, x_ptr, mean_ptr, sg_ptr, sgx_ptr, rows, C, L, s_n, s_c, s_l,
-                          ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def row_grad_sums_kernel(g_ptr, x_ptr, mean_ptr, sg_ptr, sgx_ptr, rows, C, L, s_n, s_c, s_l,
+                         ROWS: tl.constexpr, BLOCK: tl.constexpr):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = r < rows
     r64 = r.to(tl.int64)
-    base = (r64 // C) * s_n + (r64 % C) * s_c
+    base = _row_offsets(r64, C, s_n, s_c)
     m = tl.load(mean_ptr + r64, mask=row_ok, other=0.0)
     acc_g = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
     acc_gx = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
@@ -97,80 +227,196 @@ def _row_grad_sums_kernel(g_ptr, x_ptr, mean_ptr, sg_ptr, sgx_ptr, rows, C, L, s
     tl.store(sgx_ptr + r64, tl.sum(acc_gx, axis=1), mask=row_ok)
 
 
-def _blocks(l: int) -> Tuple[int, int]:
-    """``(ROWS, BLOCK)``: pixels per step up to 1024, and as many rows per program as make ~2048
-    elements, so that small maps still give each program a useful tile."""
-    block = min(triton.next_power_of_2(l), 1024)
-    return max(1, min(64, 2048 // block)), block
+@triton.jit
+def _row_grads(offs, ok, C, mean_in_ptr, mu_ptr, rstd_ptr, sg_ptr, sgx_ptr, w_ptr, HAS_W: tl.constexpr):
+    """Per row: ``(d_mean, d_var, rstd * sum(g (x - mean)), sum(g), weight * rstd)``, the loss's
+    gradients with respect to the row's mixed mean and variance and what builds the rest."""
+    rstd = tl.load(rstd_ptr + offs, mask=ok, other=0.0)
+    s_g = tl.load(sg_ptr + offs, mask=ok, other=0.0)
+    s_gxc = tl.load(sgx_ptr + offs, mask=ok, other=0.0) + \
+        (tl.load(mean_in_ptr + offs, mask=ok, other=0.0) - tl.load(mu_ptr + offs, mask=ok, other=0.0)) * s_g
+    gr = rstd
+    if HAS_W:
+        gr = rstd * tl.load(w_ptr + offs % C, mask=ok, other=0.0).to(tl.float32)
+    return -gr * s_g, -0.5 * gr * rstd * rstd * s_gxc, rstd * s_gxc, s_g, gr
 
 
-def _layout(x3: Tensor) -> Tuple[int, int, int]:
-    return x3.stride(0), x3.stride(1), x3.stride(2)
+@triton.jit
+def mix_grad_kernel(mean_in_ptr, var_in_ptr, mu_ptr, rstd_ptr, sg_ptr, sgx_ptr, w_ptr,
+                    p_in_m, p_in_v, ln_dm, ln_dv, gn_dm, gn_dv, bn_dm, bn_dv, dw_ptr, db_ptr,
+                    N, C, G, CG, D, S, SAMPLE_PROGRAMS,
+                    HAS_IN: tl.constexpr, HAS_LN: tl.constexpr, HAS_GN: tl.constexpr, HAS_BN: tl.constexpr,
+                    HAS_W: tl.constexpr, BLOCK_C: tl.constexpr, BG: tl.constexpr, BCG: tl.constexpr,
+                    BS: tl.constexpr, BC: tl.constexpr):
+    """Programs ``< SAMPLE_PROGRAMS``: one sample's sums of the rows' ``d_mean``/``d_var`` (IN's
+    weighted by its moments, for the logits; LN's; GN's per group). The rest: ``BC`` channels'
+    sums per device chunk (BN) and over the batch (the affine gradients)."""
+    pid = tl.program_id(0)
+    if pid < SAMPLE_PROGRAMS:
+        row = pid.to(tl.int64) * C
+        if HAS_IN or HAS_LN:
+            s_m = tl.zeros([BLOCK_C], dtype=tl.float32)
+            s_v = tl.zeros([BLOCK_C], dtype=tl.float32)
+            p_m = tl.zeros([BLOCK_C], dtype=tl.float32)
+            p_v = tl.zeros([BLOCK_C], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                cc = c0 + tl.arange(0, BLOCK_C)
+                dm, dv, _, _, _ = _row_grads(row + cc, cc < C, C, mean_in_ptr, mu_ptr, rstd_ptr, sg_ptr, sgx_ptr,
+                                             w_ptr, HAS_W)
+                s_m += dm
+                s_v += dv
+                p_m += dm * tl.load(mean_in_ptr + row + cc, mask=cc < C, other=0.0)
+                p_v += dv * tl.load(var_in_ptr + row + cc, mask=cc < C, other=0.0)
+            if HAS_IN:
+                tl.store(p_in_m + pid, tl.sum(p_m, axis=0))
+                tl.store(p_in_v + pid, tl.sum(p_v, axis=0))
+            if HAS_LN:
+                tl.store(ln_dm + pid, tl.sum(s_m, axis=0))
+                tl.store(ln_dv + pid, tl.sum(s_v, axis=0))
+        if HAS_GN:
+            for g0 in range(0, G, BG):
+                gg = g0 + tl.arange(0, BG)
+                gsum_m = tl.zeros([BG, BCG], dtype=tl.float32)
+                gsum_v = tl.zeros([BG, BCG], dtype=tl.float32)
+                for j0 in range(0, CG, BCG):
+                    jj = j0 + tl.arange(0, BCG)
+                    ok = (gg < G)[:, None] & (jj < CG)[None, :]
+                    gdm, gdv, _, _, _ = _row_grads(row + gg[:, None] * CG + jj[None, :], ok, C, mean_in_ptr, mu_ptr,
+                                                 rstd_ptr, sg_ptr, sgx_ptr, w_ptr, HAS_W)
+                    gsum_m += gdm
+                    gsum_v += gdv
+                tl.store(gn_dm + pid * G + gg, tl.sum(gsum_m, axis=1), mask=gg < G)
+                tl.store(gn_dv + pid * G + gg, tl.sum(gsum_v, axis=1), mask=gg < G)
+    else:
+        cc = (pid - SAMPLE_PROGRAMS) * BC + tl.arange(0, BC)
+        c_ok = cc < C
+        a_w = tl.zeros([BS, BC], dtype=tl.float32)
+        a_b = tl.zeros([BS, BC], dtype=tl.float32)
+        for d in range(0, D):
+            a_m = tl.zeros([BS, BC], dtype=tl.float32)
+            a_v = tl.zeros([BS, BC], dtype=tl.float32)
+            for s0 in range(0, S, BS):
+                ss = s0 + tl.arange(0, BS)
+                ok = (ss < S)[:, None] & c_ok[None, :]
+                offs = (d * S + ss).to(tl.int64)[:, None] * C + cc[None, :]
+                dm, dv, wsum, bsum, _ = _row_grads(offs, ok, C, mean_in_ptr, mu_ptr, rstd_ptr, sg_ptr, sgx_ptr,
+                                                   w_ptr, HAS_W)
+                a_m += dm
+                a_v += dv
+                a_w += wsum
+                a_b += bsum
+            if HAS_BN:
+                tl.store(bn_dm + d * C + cc, tl.sum(a_m, axis=0), mask=c_ok)
+                tl.store(bn_dv + d * C + cc, tl.sum(a_v, axis=0), mask=c_ok)
+        tl.store(dw_ptr + cc, tl.sum(a_w, axis=0), mask=c_ok)
+        tl.store(db_ptr + cc, tl.sum(a_b, axis=0), mask=c_ok)
 
 
-def _rows(t: Tensor) -> Tensor:
-    """An ``(N, C)`` tensor as the kernels read it: contiguous float32."""
-    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+@triton.jit
+def _dot(a_ptr, b_ptr, size, BLOCK: tl.constexpr):
+    """``sum(a * b)`` over ``size`` float32 values (``b_ptr`` may hold another float dtype)."""
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for i0 in range(0, size, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        acc += tl.load(a_ptr + i, mask=i < size, other=0.0) * tl.load(b_ptr + i, mask=i < size, other=0.0).to(
+            tl.float32)
+    return tl.sum(acc, axis=0)
 
 
-def _check(x3: Tensor) -> None:
-    if x3.dtype not in DTYPES:
-        raise ValueError(f"sn's Triton kernels take float32, float16 or bfloat16 tensors, got {x3.dtype}")
+@triton.jit
+def _sum(a_ptr, size, BLOCK: tl.constexpr):
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for i0 in range(0, size, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        acc += tl.load(a_ptr + i, mask=i < size, other=0.0)
+    return tl.sum(acc, axis=0)
 
 
-def row_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
-    """The rows' mean and biased variance, two float32 ``(N, C)`` tensors."""
-    _check(x3)
-    n, c, l = x3.shape
-    mean = torch.empty((n, c), dtype=torch.float32, device=x3.device)
-    var = torch.empty_like(mean)
-    rows_per, block = _blocks(l)
-    _row_moments_kernel[(triton.cdiv(n * c, rows_per),)](x3, mean, var, n * c, c, l, *_layout(x3),
-                                                         ROWS=rows_per, BLOCK=block)
-    return mean, var
+@triton.jit
+def _softmax_grad(logit_ptr, out_ptr, gw, K: tl.constexpr):
+    """The logits' gradient from the weights' ``gw`` (4-vector): ``w * (gw - sum(w gw))``."""
+    w = _weights(logit_ptr, K)
+    k = tl.arange(0, 4)
+    tl.store(out_ptr + k, w * (gw - tl.sum(w * gw, axis=0)), mask=k < K)
 
 
-def _apply(x3: Tensor, g, a, b, c0, center) -> Tensor:
-    n, c, l = x3.shape
-    out = torch.empty_like(x3)  # (the input's layout)
-    rows_per, block = _blocks(l)
-    grid = (triton.cdiv(n * c, rows_per), triton.cdiv(l, block))
-    b, c0, center = _rows(b), _rows(c0), _rows(center)
-    _apply_rows_kernel[grid](x3, x3 if g is None else g, out, b if a is None else _rows(a), b, c0, center, n * c, c,
-                             l, *_layout(x3), HAS_G=g is not None, ROWS=rows_per, BLOCK=block)
-    return out
+@triton.jit
+def logit_grad_kernel(ml_ptr, vl_ptr, dml_ptr, dvl_ptr, p_in_m, p_in_v, ln_m, ln_v, ln_dm, ln_dv, gn_m, gn_v,
+                      gn_dm, gn_dv, bn_m, bn_v, bn_dm, bn_dv, N, NG, DC,
+                      K: tl.constexpr, IN_K: tl.constexpr, LN_K: tl.constexpr, GN_K: tl.constexpr,
+                      BN_K: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: the weights' gradients ``sum over rows of d_mean * mean_k`` (and the
+    variances'), from the sums per pooled set, then the softmax's backward."""
+    k = tl.arange(0, 4)
+    gm = tl.zeros([4], dtype=tl.float32)
+    gv = tl.zeros([4], dtype=tl.float32)
+    if IN_K >= 0:
+        gm = tl.where(k == IN_K, _sum(p_in_m, N, BLOCK), gm)
+        gv = tl.where(k == IN_K, _sum(p_in_v, N, BLOCK), gv)
+    if LN_K >= 0:
+        gm = tl.where(k == LN_K, _dot(ln_dm, ln_m, N, BLOCK), gm)
+        gv = tl.where(k == LN_K, _dot(ln_dv, ln_v, N, BLOCK), gv)
+    if GN_K >= 0:
+        gm = tl.where(k == GN_K, _dot(gn_dm, gn_m, NG, BLOCK), gm)
+        gv = tl.where(k == GN_K, _dot(gn_dv, gn_v, NG, BLOCK), gv)
+    if BN_K >= 0:
+        gm = tl.where(k == BN_K, _dot(bn_dm, bn_m, DC, BLOCK), gm)
+        gv = tl.where(k == BN_K, _dot(bn_dv, bn_v, DC, BLOCK), gv)
+    _softmax_grad(ml_ptr, dml_ptr, gm, K)
+    _softmax_grad(vl_ptr, dvl_ptr, gv, K)
 
 
-def apply_rows(x3: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """``(x - center) * scale + shift`` per row (``(N, C)`` float32 coefficients), in ``x3``'s
-    dtype and layout."""
-    _check(x3)
-    return _apply(x3, None, None, scale, shift, center)
+@triton.jit
+def grad_rows_kernel(g_ptr, x_ptr, dx_ptr, mean_in_ptr, mu_ptr, rstd_ptr, sg_ptr, sgx_ptr, w_ptr, ml_ptr, vl_ptr,
+                     ln_m, ln_dm, ln_dv, gn_m, gn_dm, gn_dv, bn_m, bn_dm, bn_dv,
+                     rows, C, L, G, CG, S, s_n, s_c, s_l,
+                     K: tl.constexpr, IN_K: tl.constexpr, LN_K: tl.constexpr, GN_K: tl.constexpr,
+                     BN_K: tl.constexpr, BN_BATCH: tl.constexpr, HAS_W: tl.constexpr,
+                     ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row_ok = r < rows
+    r64 = r.to(tl.int64)
+    n = r64 // C
+    c = r64 % C
+    dm, dv, _, _, gr = _row_grads(r64, row_ok, C, mean_in_ptr, mu_ptr, rstd_ptr, sg_ptr, sgx_ptr, w_ptr, HAS_W)
+    wm = _weights(ml_ptr, K)
+    wv = _weights(vl_ptr, K)
+    mean_in = tl.load(mean_in_ptr + r64, mask=row_ok, other=0.0)
+    # the Appendix: a pooled set's moments pass its gradients to each row's (mu_row, var_row) as
+    # d mu_set / d mu_row = 1 / |set|, d var_set / d mu_row = 2 (mu_row - mu_set) / |set|,
+    # d var_set / d var_row = 1 / |set|
+    d_mean = tl.zeros_like(dm)
+    d_var = tl.zeros_like(dv)
+    if IN_K >= 0:
+        d_mean += _pick(wm, IN_K) * dm
+        d_var += _pick(wv, IN_K) * dv
+    if LN_K >= 0:
+        b = _pick(wv, LN_K) * tl.load(ln_dv + n, mask=row_ok, other=0.0) / C
+        d_mean += _pick(wm, LN_K) * tl.load(ln_dm + n, mask=row_ok, other=0.0) / C + \
+            2.0 * b * (mean_in - tl.load(ln_m + n, mask=row_ok, other=0.0))
+        d_var += b
+    if GN_K >= 0:
+        i = n * G + c // CG
+        b = _pick(wv, GN_K) * tl.load(gn_dv + i, mask=row_ok, other=0.0) / CG
+        d_mean += _pick(wm, GN_K) * tl.load(gn_dm + i, mask=row_ok, other=0.0) / CG + \
+            2.0 * b * (mean_in - tl.load(gn_m + i, mask=row_ok, other=0.0))
+        d_var += b
+    if BN_BATCH:
+        i = (n // S) * C + c
+        b = _pick(wv, BN_K) * tl.load(bn_dv + i, mask=row_ok, other=0.0) / S
+        d_mean += _pick(wm, BN_K) * tl.load(bn_dm + i, mask=row_ok, other=0.0) / S + \
+            2.0 * b * (mean_in - tl.load(bn_m + i, mask=row_ok, other=0.0))
+        d_var += b
+    offs = _row_offsets(r64, C, s_n, s_c)[:, None] + t[None, :].to(tl.int64) * s_l
+    ok = row_ok[:, None] & (t[None, :] < L)
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    dx = gr[:, None] * g + (2.0 / L) * d_var[:, None] * (x - mean_in[:, None]) + d_mean[:, None] / L
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
-def in_layout(g: Tensor, x3: Tensor) -> Tensor:
-    """``g`` with ``x3``'s strides (the kernels read both with one set of strides)."""
-    g = g.reshape(x3.shape)
-    return g if g.stride() == x3.stride() else torch.empty_like(x3, dtype=g.dtype).copy_(g)
+KERNELS = (row_moments_kernel, pool_kernel, mix_apply_kernel, row_grad_sums_kernel, mix_grad_kernel,
+           logit_grad_kernel, grad_rows_kernel)
 
-
-def row_grad_sums(g: Tensor, x3: Tensor, mean_in: Tensor) -> Tuple[Tensor, Tensor]:
-    """Every row's ``sum(g)`` and ``sum(g * (x - mean_in))``, float32 ``(N, C)``."""
-    _check(x3)
-    n, c, l = x3.shape
-    g = in_layout(g, x3)
-    sg = torch.empty((n, c), dtype=torch.float32, device=x3.device)
-    sgx = torch.empty_like(sg)
-    rows_per, block = _blocks(l)
-    _row_grad_sums_kernel[(triton.cdiv(n * c, rows_per),)](g, x3, _rows(mean_in), sg, sgx, n * c, c, l,
-                                                           *_layout(x3), ROWS=rows_per, BLOCK=block, num_warps=8)
-    return sg, sgx
-
-
-def grad_rows(g: Tensor, x3: Tensor, mean_in: Tensor, a: Tensor, b: Tensor, c0: Tensor) -> Tensor:
-    """``dx = a g + b (x - mean_in) + c0`` per row, in ``x3``'s dtype and layout."""
-    _check(x3)
-    return _apply(x3, in_layout(g, x3), a, b, c0, mean_in)
-
-
-__all__ = ["DTYPES", "apply_rows", "grad_rows", "in_layout", "row_grad_sums", "row_moments"]
+__all__ = ["KERNELS"] + [k.__name__ for k in KERNELS]

@@ -5,6 +5,7 @@ run in Triton's interpreter on CPU tensors, which must be switched on (TRITON_IN
 before anything imports triton (torch's compiler, timm and torchvision may have done so in this
 process): test_the_kernels_in_triton_s_interpreter runs this file again in a process of its own
 with it on, and the kernel tests here are skipped in the parent process for that reason."""
+import copy
 import os
 import subprocess
 import sys
@@ -105,6 +106,87 @@ def test_eval_with_and_without_grad(stats, devices, groups, channels_last):
     torch.testing.assert_close(layer(x.clone().requires_grad_()).detach(), out, atol=1e-6, rtol=1e-6)
 
 
+def _against_composite(layer, x, tol=2e-5, double_backward=False):
+    """The layer's output, every gradient and the running statistics against the same layer on
+    the composite form in float64; the input gradient and the parameters' ``grad`` fields."""
+    twin = copy.deepcopy(layer).double()
+    twin.implementation = "composite"
+    x = x.requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    out, ref = layer(x), twin(x64)
+    torch.testing.assert_close(out.double(), ref.detach(), atol=tol, rtol=tol)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).to(x.device)
+    params = [name for name, p in layer.named_parameters()]
+    got = torch.autograd.grad(out, [x] + [getattr(layer, n) for n in params], grad.to(x.dtype),
+                              create_graph=double_backward)
+    want = torch.autograd.grad(ref, [x64] + [getattr(twin, n) for n in params], grad, create_graph=double_backward)
+    for name, a, b in zip(["x"] + params, got, want):
+        torch.testing.assert_close(a.double(), b.detach(), atol=tol * 5, rtol=tol * 5, msg=name)
+    for name, buf in layer.named_buffers():
+        torch.testing.assert_close(buf.double(), getattr(twin, name).double(), atol=tol, rtol=tol, msg=name)
+    return twin, got, want
+
+
+TILINGS = [  # (module constants of sn.triton_path): real sizes, and tiles small enough that every loop turns
+    {},
+    {"_TILE": 2, "_CHANNEL_TILE": 2, "_ROW_TILE": 4},
+]
+
+
+@kernels
+@pytest.mark.parametrize("tiles", TILINGS, ids=["tiles", "small-tiles"])
+@pytest.mark.parametrize("stats,devices,groups,shape", [
+    (("in", "ln", "bn", "gn"), 3, 4, (6, 12, 3, 2)),  # 3 channels a group, 2 samples a device chunk
+    (("gn", "bn"), 2, 3, (4, 12, 7, 1)),
+    (("ln",), 1, None, (5, 9, 2, 2)),
+    (("in",), 1, None, (2, 6, 4, 3)),
+    (("bn", "in"), 1, None, (1, 6, 5, 5)),  # batch size 1
+    (("in", "ln", "bn"), 1, None, (3, 20, 1, 1)),  # 1x1 maps
+])
+def test_every_loop_and_set_size(monkeypatch, tiles, stats, devices, groups, shape):
+    """Sets whose sizes are no power of two and tiles smaller than the sets (so that every loop in
+    the kernels runs more than once): outputs, gradients and running statistics as in float64."""
+    from sn import triton_path
+    for name, value in tiles.items():
+        monkeypatch.setattr(triton_path, name, value)
+    layer = _layer(stats, devices, groups, c=shape[1])
+    _against_composite(layer, _input(torch.float32, False, seed=8, shape=shape))
+    layer.momentum = None  # cumulative average: the factor 1 / num_batches_tracked
+    _against_composite(layer, _input(torch.float32, True, seed=9, shape=shape))
+
+
+@kernels
+@pytest.mark.parametrize("stats", [("in", "ln", "bn"), ("in", "ln", "bn", "gn")])
+def test_eval_gradients_of_every_parameter(stats):
+    """Eval mode with the BN branch on running statistics: the logits' gradient includes them, the
+    input's does not."""
+    layer = _layer(stats, 1, 4 if "gn" in stats else None).eval()
+    _against_composite(layer, _input(torch.float32, False, seed=10, shape=(3, 8, 4, 4)))
+
+
+@kernels
+def test_without_affine_and_as_1d_features():
+    layer = sn.SwitchNorm2d(8, affine=False, implementation="triton").to(DEVICE)
+    with torch.no_grad():
+        layer.mean_weight.copy_(torch.tensor([0.3, -0.2, 0.5]))
+        layer.var_weight.copy_(torch.tensor([-0.6, 0.1, 0.4]))
+    _against_composite(layer, _input(torch.float32, False, seed=11))
+    layer = sn.SwitchNorm1d(12, stats=("ln", "bn"), implementation="triton").to(DEVICE)
+    _against_composite(layer, torch.randn(6, 12, device=DEVICE) * 3 + 1)  # (N, C): rows of one value
+    layer = sn.SwitchNorm1d(12, implementation="triton").to(DEVICE)  # LN + GN over features
+    _against_composite(layer, torch.randn(1, 12, device=DEVICE) + 2)  # one sample
+
+
+@kernels
+def test_double_backward_is_the_composite_graph():
+    layer = _layer(("in", "ln", "bn"), 1, None)
+    twin, got, want = _against_composite(layer, _input(torch.float32, False, seed=12), double_backward=True)
+    # the input gradient's norm, differentiated with respect to the logits and the affine weight
+    wrt, wrt64 = [layer.mean_weight, layer.var_weight, layer.weight], [twin.mean_weight, twin.var_weight, twin.weight]
+    for a, b in zip(torch.autograd.grad(got[0].square().sum(), wrt), torch.autograd.grad(want[0].square().sum(), wrt64)):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4)
+
+
 @kernels
 def test_large_offsets_and_tiny_maps_stay_accurate():
     layer = _layer(("in", "ln", "bn"), 1, None)
@@ -147,18 +229,81 @@ def test_sparsestmax_selection(radius):
         torch.testing.assert_close(a.double().cpu(), b, atol=1e-4, rtol=1e-4, msg=name)
 
 
+from torch.utils._python_dispatch import _disable_current_modes  # noqa: E402
+
+
+class _Counter:
+    """Stands in for one kernel of sn.triton_kernels: counts its launches, then launches it."""
+
+    def __init__(self, kernel, calls):
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append(self.kernel.__name__)
+            with _disable_current_modes():  # (the interpreter's own tensor traffic is not the device's)
+                return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def _count_launches(monkeypatch):
+    from sn import triton_kernels as K
+    calls = []
+    for kernel in K.KERNELS:
+        monkeypatch.setattr(K, kernel.__name__, _Counter(kernel, calls))
+    return calls
+
+
 @kernels
 def test_the_triton_path_is_taken_and_is_opt_in(monkeypatch):
     x3 = _input(torch.float32, False).reshape(4, 8, -1)
     assert SNF.select_implementation(x3, requested="triton") == "triton"
     assert SNF.select_implementation(x3) != "triton"  # "auto" never picks it (no GPU measurement yet)
-    from sn import triton_kernels as kernels
-    calls = []
-    for name in ("row_moments", "apply_rows", "row_grad_sums", "grad_rows"):
-        original = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
-    _layer(("in", "ln", "bn"), 1, None)(_input(torch.float32, False).requires_grad_()).sum().backward()
-    assert calls == ["row_moments", "apply_rows", "row_grad_sums", "grad_rows"]  # four passes over the data
+
+
+@kernels
+def test_a_training_step_is_seven_launches_and_nothing_else(monkeypatch):
+    """Three kernels forward, four backward, whatever the statistics; no PyTorch operation runs on
+    the device but allocations (what made the PyTorch-operation path launch-bound)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class DeviceOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func.overloadpacket.__name__))
+            return func(*args, **(kwargs or {}))
+
+    allocations = {"empty", "empty_like", "empty_strided", "view", "reshape", "_reshape_alias", "as_strided",
+                   "select", "detach", "alias", "unsqueeze", "squeeze", "t", "transpose", "expand", "_unsafe_view",
+                   "slice"}
+    calls = _count_launches(monkeypatch)
+    for stats, devices, groups in CASES:
+        layer = _layer(stats, devices, groups)
+        x = _input(torch.float32, False).requires_grad_()
+        del calls[:]
+        with DeviceOps() as mode:
+            out = layer(x)
+            forward = list(calls)
+            out.backward(torch.ones_like(out))
+        assert forward == ["row_moments_kernel", "pool_kernel", "mix_apply_kernel"], (stats, forward)
+        assert calls[3:] == ["row_grad_sums_kernel", "mix_grad_kernel", "logit_grad_kernel", "grad_rows_kernel"]
+        others = [op for op in mode.ops if op not in allocations]
+        # besides the test's own ones_like: the layer's batch counter (num_batches_tracked += 1)
+        assert others == ["add_", "ones_like"] if "bn" in stats else ["ones_like"], others
+        assert x.grad is not None and layer.mean_weight.grad is not None
+    layer = _layer(("in", "ln", "bn"), 1, None).eval()
+    del calls[:]
+    with torch.no_grad():
+        layer(_input(torch.float32, False))
+    assert calls == ["row_moments_kernel", "pool_kernel", "mix_apply_kernel"]  # LN's moments need the pool
+    layer = _layer(("in", "bn"), 1, None).eval()
+    del calls[:]
+    with torch.no_grad():
+        layer(_input(torch.float32, False))
+    assert calls == ["row_moments_kernel", "mix_apply_kernel"]
 
 
 @kernels

@@ -22,9 +22,17 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from sn import triton_kernels as K  # noqa: E402
+from sn import triton_path as TP  # noqa: E402
+from sn.config import Config  # noqa: E402
 
-KERNELS = ("_row_moments_kernel", "_apply_rows_kernel", "_row_grad_sums_kernel")
 TARGETS = (GPUTarget("cuda", 80, 32), GPUTarget("cuda", 90, 32))
+CONFIGS = [  # (stats, groups, devices, training): every branch of the kernels' constexpr flags
+    (("in", "ln", "bn"), 1, 1, True),
+    (("in", "ln", "bn", "gn"), 32, 2, True),  # (every flag on)
+    (("in", "ln", "bn"), 1, 1, False),  # eval: running statistics
+    (("ln", "gn"), 4, 1, True),
+    (("bn",), 1, 1, True),
+]
 
 
 class _Recorder:
@@ -36,36 +44,49 @@ class _Recorder:
 
 
 def _launches():
-    """Every distinct kernel launch of the four wrappers over the cases above (not run)."""
+    """Every distinct kernel launch of sn.triton_path's forward and backward over the cases
+    below (recorded, not run)."""
     launches = []
-    saved = {name: getattr(K, name) for name in KERNELS}
     try:
-        for name in KERNELS:
-            setattr(K, name, _Recorder(saved[name], launches))
-        for dtype in K.DTYPES:
-            for shape in ((2, 8, 3, 5), (4, 16, 14, 14), (2, 8, 56, 56)):  # L = 15, 196, 3136
+        for kernel in K.KERNELS:
+            setattr(K, kernel.__name__, _Recorder(kernel, launches))
+        for dtype in TP.DTYPES:
+            for shape in ((2, 64, 3, 5), (4, 256, 14, 14), (32, 64, 56, 56)):  # L = 15, 196, 3136
                 for layout in (torch.contiguous_format, torch.channels_last):
-                    x = torch.randn(shape).to(dtype=dtype, memory_format=layout)
+                    x = torch.empty(shape).to(dtype=dtype, memory_format=layout)
                     x3 = x.reshape(shape[0], shape[1], -1) if layout == torch.contiguous_format else \
                         x.permute(0, 2, 3, 1).reshape(shape[0], -1, shape[1]).transpose(1, 2)
-                    rows = torch.rand(shape[:2])
-                    K.row_moments(x3)
-                    K.apply_rows(x3, rows, rows, rows)
-                    K.row_grad_sums(torch.randn_like(x3), x3, rows)
-                    K.grad_rows(torch.randn_like(x3), x3, rows, rows, rows, rows)
+                    # every set of statistics on float32 contiguous inputs; the one that takes
+                    # the most registers (every flag on) on the other dtypes and layouts
+                    every = dtype == torch.float32 and layout == torch.contiguous_format
+                    for stats, groups, devices, training in CONFIGS if every else CONFIGS[1:2]:
+                        _record_step(x3, stats, groups, devices, training)
     finally:
-        for name, fn in saved.items():
-            setattr(K, name, fn)
+        for kernel in K.KERNELS:
+            setattr(K, kernel.__name__, kernel)
     return launches
 
 
-def _compile(fn, args, kwargs, target):
+def _record_step(x3, stats, groups, devices, training):
+    c = x3.shape[1]
+    logits = torch.zeros(len(stats))
+    affine = torch.ones(c, dtype=x3.dtype)
+    config = Config(stats, groups, devices if training else 1, 1e-5)
+    running = (torch.zeros(c), torch.ones(c))
+    bn = (None, None) if training or "bn" not in stats else running
+    update = (*running, 0.1, 1.01) if training and "bn" in stats else None
+    _, saved, _ = TP.forward(x3, logits, logits, affine, affine, config, *bn, update, save=True)
+    TP.backward(torch.empty_like(x3), x3, logits, logits, affine, config, bn[0], saved)
+
+
+def _source(fn, args, kwargs, target):
+    """What Triton's launcher would compile for this launch: ``(source, options, key)``."""
     backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
-    src = ASTSource(fn, signature, constexprs, attrs)
-    return triton.compile(src, target=target, options=options.__dict__), signature, constexprs
+    key = (fn.__name__, target.arch, repr(signature), repr(constexprs), repr(attrs))
+    return ASTSource(fn, signature, constexprs, attrs), options, key
 
 
 def _ptxas_report(ptx: str, tmp: Path) -> str:
@@ -81,22 +102,22 @@ def _ptxas_report(ptx: str, tmp: Path) -> str:
 
 def test_every_launch_compiles_for_sm80_and_sm90_without_spills(tmp_path):
     launches = _launches()
-    assert {fn.__name__ for fn, _, _ in launches} == set(KERNELS)
+    assert {fn.__name__ for fn, _, _ in launches} == {k.__name__ for k in K.KERNELS}
     seen = set()
     for fn, args, kwargs in launches:
         for target in TARGETS:
-            compiled, signature, constexprs = _compile(fn, args, kwargs, target)
-            key = (fn.__name__, target.arch, compiled.hash)
-            if key in seen:
+            src, options, key = _source(fn, args, kwargs, target)
+            if key in seen:  # (the same specialization: the same machine code)
                 continue
             seen.add(key)
+            compiled = triton.compile(src, target=target, options=options.__dict__)
             assert compiled.metadata.arch == f"sm{target.arch}"
             report = _ptxas_report(compiled.asm["ptx"], tmp_path)
-            what = f"{fn.__name__} for sm{target.arch} ({signature}, {constexprs}): {report}"
+            what = f"{fn.__name__} for sm{target.arch} ({key[2]}, {key[3]}): {report}"
             spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
             registers = re.search(r"Used (\d+) registers", report)
             assert spills and registers, what
             assert spills.groups() == ("0", "0"), f"spills registers: {what}"
             assert 0 < int(registers.group(1)) <= 255, what
-    # (three dtypes x kernels x block shapes x gradient or not: many distinct programs per target)
-    assert len(seen) >= 2 * 3 * 3, sorted(seen)
+    # (seven kernels x three dtypes x block shapes x statistics: many distinct programs per target)
+    assert len(seen) >= 2 * 7 * 3, sorted(seen)

@@ -1,0 +1,237 @@
+"""SN on the Triton kernels of :mod:`sn.triton_kernels`: their launches and the autograd function.
+
+:func:`switch_norm` is what :func:`sn.functional.switch_norm` calls for ``implementation="triton"``.
+A training step launches three kernels forward (the rows' moments, the pooled moments with the
+running averages, the output) and four backward, and never synchronizes with the host. Under
+``create_graph=True`` the backward returns the composite form's gradients as a graph, so double
+backward works as on the other paths.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import composite
+from .config import Config
+
+try:
+    import triton
+except ImportError as err:  # pragma: no cover - triton ships with torch's Linux CUDA builds
+    raise ImportError(f"sn's Triton kernels need the triton package ({err}); use implementation='torch'") from err
+
+from . import triton_kernels as K
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_TILE = 1024  # elements per tile of the (N, C)-sized kernels
+_CHANNEL_TILE = 32  # channels per program of the per-channel (BN, affine) sums
+_ROW_TILE = 1024  # pixels per step of the passes over the data
+
+
+def _blocks(l: int) -> Tuple[int, int]:
+    """``(ROWS, BLOCK)`` of the passes over the data: pixels per step up to 1024, and as many rows
+    per program (up to 64) as make ~2048 elements, so that small maps still give each program a
+    useful tile."""
+    block = min(triton.next_power_of_2(l), _ROW_TILE)
+    return max(1, min(64, 2 * _ROW_TILE // block)), block
+
+
+def _pow2(v: int, cap: int) -> int:
+    return min(triton.next_power_of_2(max(v, 1)), cap)
+
+
+class _Plan(NamedTuple):
+    """The shape of one call as the kernels take it."""
+
+    n: int
+    c: int
+    l: int
+    groups: int  # G (1 without GN)
+    group_size: int  # C / G
+    devices: int  # D chunks of the batch BN statistics (1 for running statistics)
+    samples: int  # S = N / D
+    index: dict  # op -> its position in the logits, or -1
+    batch_bn: bool  # the BN branch uses the batch's moments
+
+    @property
+    def k(self) -> int:
+        return sum(i >= 0 for i in self.index.values())
+
+    def positions(self) -> dict:
+        return {f"{op.upper()}_K": i for op, i in self.index.items()}
+
+    def tiles(self) -> dict:
+        bcg = _pow2(self.group_size, _TILE)
+        bc = _pow2(self.c, _CHANNEL_TILE)
+        return dict(BLOCK_C=_pow2(self.c, _TILE), BCG=bcg, BG=_pow2(self.groups, max(1, _TILE // bcg)), BC=bc,
+                    BS=_pow2(self.samples, max(1, _TILE // bc)))
+
+
+def _plan(x3: Tensor, config: Config, bn_mean: Optional[Tensor]) -> _Plan:
+    n, c, l = x3.shape
+    batch_bn = "bn" in config.stats and bn_mean is None
+    devices = config.devices if batch_bn else 1
+    index = {op: (config.stats.index(op) if op in config.stats else -1) for op in ("in", "ln", "gn", "bn")}
+    return _Plan(n, c, l, config.num_groups, c // config.num_groups, devices, n // devices, index, batch_bn)
+
+
+def _strides(x3: Tensor) -> Tuple[int, int, int]:
+    return x3.stride(0), x3.stride(1), x3.stride(2)
+
+
+class _Forward(NamedTuple):
+    """What the forward computed that the backward reads (float32)."""
+
+    mean_in: Tensor
+    var_in: Tensor
+    mu: Optional[Tensor]  # the rows' mixed mean (N, C)
+    rstd: Optional[Tensor]  # 1 / sqrt(mixed variance + eps) (N, C)
+    ln: Tuple[Tensor, Tensor]  # (N,) each, or placeholders
+    gn: Tuple[Tensor, Tensor]  # (N, G)
+    bn: Tuple[Tensor, Tensor]  # batch (D, C) or running (C,) moments
+
+
+def _check(x3: Tensor) -> None:
+    if x3.dtype not in DTYPES:
+        raise ValueError(f"sn's Triton kernels take float32, float16 or bfloat16 tensors, got {x3.dtype}")
+
+
+def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+            config: Config, bn_mean: Optional[Tensor], bn_var: Optional[Tensor], running=None, save: bool = False):
+    """SN of ``x3`` ``(N, C, L)``: ``(output in x3's dtype and layout, what the backward needs,
+    whether the running averages were updated)``. ``running = (running_mean, running_var,
+    momentum, unbias)`` updates those in place with the batch's BN moments (a float momentum)."""
+    _check(x3)
+    p = _plan(x3, config, bn_mean)
+    n, c, l = x3.shape
+    f32 = dict(dtype=torch.float32, device=x3.device)
+    mean_in = torch.empty((n, c), **f32)
+    var_in = torch.empty_like(mean_in)
+    rows_per, block = _blocks(l)
+    K.row_moments_kernel[(triton.cdiv(n * c, rows_per),)](x3, mean_in, var_in, n * c, c, l, *_strides(x3),
+                                                          ROWS=rows_per, BLOCK=block)
+    has = {op: i >= 0 for op, i in p.index.items()}
+    ln = (torch.empty(n, **f32), torch.empty(n, **f32)) if has["ln"] else (mean_in, mean_in)
+    gn = (torch.empty((n, p.groups), **f32), torch.empty((n, p.groups), **f32)) if has["gn"] else (mean_in, mean_in)
+    if p.batch_bn:
+        bn = (torch.empty((p.devices, c), **f32), torch.empty((p.devices, c), **f32))
+    else:
+        bn = (bn_mean, bn_var) if has["bn"] else (mean_in, mean_in)
+    update = p.batch_bn and running is not None
+    samples = n if has["ln"] or has["gn"] else 0
+    channels = triton.cdiv(c, p.tiles()["BC"]) if p.batch_bn else 0
+    if samples + channels:
+        run_m, run_v, momentum, unbias = running if update else (mean_in, mean_in, 0.0, 1.0)
+        K.pool_kernel[(samples + channels,)](mean_in, var_in, *ln, *gn, *bn, run_m, run_v, float(momentum),
+                                             float(unbias), n, c, p.groups, p.group_size, p.devices, p.samples,
+                                             samples, HAS_LN=has["ln"], HAS_GN=has["gn"], HAS_BN=p.batch_bn,
+                                             UPDATE=update, **p.tiles())
+    out = torch.empty_like(x3)  # (the input's layout)
+    mu, rstd = (torch.empty((n, c), **f32), torch.empty((n, c), **f32)) if save else (None, None)
+    K.mix_apply_kernel[(triton.cdiv(n * c, rows_per), triton.cdiv(l, block))](
+        x3, out, mean_in, var_in, mean_logits, var_logits, weight if weight is not None else mean_in,
+        bias if bias is not None else mean_in, *ln, *gn, *bn, mu if save else mean_in, rstd if save else mean_in,
+        float(config.eps), n * c, c, l, p.groups, p.group_size, p.samples, *_strides(x3),
+        K=p.k, **p.positions(), HAS_W=weight is not None, HAS_B=bias is not None, SAVE=save, ROWS=rows_per,
+        BLOCK=block)
+    return out, _Forward(mean_in, var_in, mu, rstd, ln, gn, bn), update
+
+
+def in_layout(g: Tensor, x3: Tensor) -> Tensor:
+    """``g`` with ``x3``'s strides (the kernels read both with one set of strides)."""
+    g = g.reshape(x3.shape)
+    return g if g.stride() == x3.stride() else torch.empty_like(x3, dtype=g.dtype).copy_(g)
+
+
+def backward(g: Tensor, x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor],
+             config: Config, bn_mean: Optional[Tensor], saved: _Forward, need_dx: bool = True):
+    """``(dx or None, d_mean_logits, d_var_logits, d_weight, d_bias)`` in float32 (dx: x3's dtype)."""
+    p = _plan(x3, config, bn_mean)
+    n, c, l = x3.shape
+    g = in_layout(g, x3)
+    f32 = dict(dtype=torch.float32, device=x3.device)
+    s_g = torch.empty((n, c), **f32)
+    s_gx = torch.empty_like(s_g)
+    rows_per, block = _blocks(l)
+    K.row_grad_sums_kernel[(triton.cdiv(n * c, rows_per),)](g, x3, saved.mean_in, s_g, s_gx, n * c, c, l,
+                                                            *_strides(x3), ROWS=rows_per, BLOCK=block, num_warps=8)
+    has = {op: i >= 0 for op, i in p.index.items()}
+    per_sample = torch.empty((4, n), **f32)  # IN's weighted sums (mean, var), LN's sums (mean, var)
+    gn_d = torch.empty((2, n, p.groups), **f32) if has["gn"] else per_sample
+    bn_d = torch.empty((2, p.devices, c), **f32) if has["bn"] else per_sample
+    d_affine = torch.empty((2, c), **f32)  # (d_weight, d_bias)
+    tiles = p.tiles()
+    samples = n if has["in"] or has["ln"] or has["gn"] else 0
+    w = weight if weight is not None else saved.mean_in
+    K.mix_grad_kernel[(samples + triton.cdiv(c, tiles["BC"]),)](
+        saved.mean_in, saved.var_in, saved.mu, saved.rstd, s_g, s_gx, w, per_sample[0], per_sample[1],
+        per_sample[2], per_sample[3], gn_d[0], gn_d[1], bn_d[0], bn_d[1], d_affine[0], d_affine[1], n, c, p.groups,
+        p.group_size, p.devices, p.samples, samples, HAS_IN=has["in"], HAS_LN=has["ln"], HAS_GN=has["gn"],
+        HAS_BN=has["bn"], HAS_W=weight is not None, **tiles)
+    d_logits = torch.empty((2, p.k), **f32)
+    K.logit_grad_kernel[(1,)](mean_logits, var_logits, d_logits[0], d_logits[1], per_sample[0], per_sample[1],
+                              *saved.ln, per_sample[2], per_sample[3], *saved.gn, gn_d[0], gn_d[1], *saved.bn,
+                              bn_d[0], bn_d[1], n, n * p.groups, p.devices * c, K=p.k, **p.positions(), BLOCK=_TILE)
+    dx = None
+    if need_dx:
+        dx = torch.empty_like(x3)
+        K.grad_rows_kernel[(triton.cdiv(n * c, rows_per), triton.cdiv(l, block))](
+            g, x3, dx, saved.mean_in, saved.mu, saved.rstd, s_g, s_gx, w, mean_logits, var_logits, saved.ln[0],
+            per_sample[2], per_sample[3], saved.gn[0], gn_d[0], gn_d[1], saved.bn[0], bn_d[0], bn_d[1], n * c, c, l,
+            p.groups, p.group_size, p.samples, *_strides(x3), K=p.k, **p.positions(), BN_BATCH=p.batch_bn,
+            HAS_W=weight is not None, ROWS=rows_per, BLOCK=block)
+    return dx, d_logits[0], d_logits[1], d_affine[0], d_affine[1]
+
+
+class TritonSwitchNorm(torch.autograd.Function):
+    """SN on the Triton kernels, saving the input (and references to the parameters) and the
+    ``(N, C)``-sized moments. ``apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean,
+    bn_var, running)``; returns the output and, when the BN branch used the batch and the running
+    averages were not updated in the kernels, its per-device moments ``(D, C)``."""
+
+    @staticmethod
+    def forward(ctx, x3, mean_logits, var_logits, weight, bias, config, bn_mean=None, bn_var=None, running=None):
+        out, saved, updated = forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, running,
+                                      save=True)
+        ctx.save_for_backward(x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var, saved.mean_in,
+                              saved.var_in, saved.mu, saved.rstd, *saved.ln, *saved.gn, *saved.bn)
+        ctx.config = config
+        ctx.set_materialize_grads(False)
+        moments = saved.bn if _plan(x3, config, bn_mean).batch_bn and not updated else ()
+        ctx.mark_non_differentiable(*moments)
+        return (out,) + tuple(moments)
+
+    @staticmethod
+    def backward(ctx, grad_out, *unused):
+        if grad_out is None:  # the output was not used
+            return (None,) * 9
+        x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var, *rest = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradients as a graph (double backward)
+            grads = composite.input_gradients((x3, mean_logits, var_logits, weight, bias), grad_out, ctx.config,
+                                              bn_mean, bn_var)
+            return tuple(g if ctx.needs_input_grad[i] else None for i, g in enumerate(grads)) + (None,) * 4
+        saved = _Forward(*rest[:4], tuple(rest[4:6]), tuple(rest[6:8]), tuple(rest[8:10]))
+        grads = backward(grad_out, x3, mean_logits, var_logits, weight, ctx.config, bn_mean, saved,
+                         need_dx=ctx.needs_input_grad[0])
+        inputs = (x3, mean_logits, var_logits, weight, bias)
+        return tuple(None if not ctx.needs_input_grad[i] or g is None else g.to(t.dtype)
+                     for i, (g, t) in enumerate(zip(grads, inputs))) + (None,) * 4
+
+
+def switch_norm(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], config: Config, bn_mean: Optional[Tensor] = None,
+                bn_var: Optional[Tensor] = None, running=None):
+    """``(output (N, C, L), batch BN moments or None)``; see :func:`forward` for ``running``.
+    The moments are returned only when the running averages are left to the caller."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x3, mean_logits, var_logits, weight, bias)):
+        out, *moments = TritonSwitchNorm.apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var,
+                                               running)
+        return out, (tuple(moments) if moments else None)
+    out, saved, updated = forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, running)
+    batch_bn = _plan(x3, config, bn_mean).batch_bn
+    return out, (saved.bn if batch_bn and not updated else None)
+
+
+__all__ = ["DTYPES", "TritonSwitchNorm", "backward", "forward", "in_layout", "switch_norm"]
