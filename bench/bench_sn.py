@@ -28,6 +28,8 @@ SHAPES = [(8, 64, 56), (32, 64, 32), (8, 256, 14), (2, 64, 56), (32, 16, 28)]
 GPU_SHAPES = SHAPES + [(32, 256, 56), (32, 512, 28), (32, 1024, 14), (64, 512, 14)]
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 LAYERS = {
     "BatchNorm2d": lambda c: nn.BatchNorm2d(c),
     "GroupNorm(32)": lambda c: nn.GroupNorm(min(32, c), c),
@@ -280,7 +282,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     parser.add_argument("--compile", action="store_true",
                         help="also measure torch.compile'd BN and SN (slow to start: compiles per shape and mode)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="the input's dtype (parameters stay float32, as under autocast; default float32)")
     args = parser.parse_args(argv)
+    dtype = DTYPES[args.dtype]
     if args.threads is not None:
         if args.threads < 1:
             raise SystemExit(f"--threads must be >= 1, got {args.threads}")
@@ -289,7 +294,8 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda given but no CUDA device is available")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# SwitchNorm2d vs BatchNorm2d on {name}, torch {torch.__version__}, float32, median of {args.repeats}")
+    print(f"# SwitchNorm2d vs BatchNorm2d on {name}, torch {torch.__version__}, {args.dtype} input, median of "
+          f"{args.repeats}")
     if device.type == "cpu":
         print(f"# SN (ours) on the CPU: C kernels {SNN.status()}")
     else:  # the C kernels are CPU-only: "SN (ours)" is the PyTorch-operation path there; add the Triton one
@@ -299,19 +305,26 @@ def main(argv=None):
     if args.compile:
         LAYERS["BatchNorm2d compiled"] = compiled(LAYERS["BatchNorm2d"])
         LAYERS["SN compiled (ours)"] = compiled(sn.SwitchNorm2d)
-    rows = bench_layers(device, args.repeats, shapes)
+    if dtype != torch.float32:  # (the paper-form baselines are float32 references)
+        for name in ("SN published form", "SN Fig.7 form", "SN autograd (ours)"):
+            LAYERS.pop(name)
+    rows = bench_layers(device, args.repeats, shapes, dtype)
     train = print_table(rows, "train", "time")
     evalr = print_table(rows, "eval", "time")
     memory = print_table(rows, "memory", "memory")
-    # channels_last inputs (both layers keep the format; SN's kernels read NCHW, so SN converts)
-    cl_names = ["BatchNorm2d", "SN (ours)"]
-    cl_rows = bench_layers(device, args.repeats, shapes, names=cl_names, memory_format=torch.channels_last)
+    # channels_last inputs (every layer keeps the format)
+    cl_names = ["BatchNorm2d", "SN (ours)"] + (["SN triton (ours)"] if device.type == "cuda" else [])
+    cl_rows = bench_layers(device, args.repeats, shapes, dtype, names=cl_names, memory_format=torch.channels_last)
     cl_train = print_table(cl_rows, "train", "time", cl_names, "train, channels_last input")
     cl_eval = print_table(cl_rows, "eval", "time", cl_names, "eval, channels_last input")
     summary = [f"train fwd+bwd median {train['SN (ours)']:.2f}x BN",
                f"eval median {evalr['SN (ours)']:.2f}x BN",
                f"saved memory median {memory['SN (ours)']:.2f}x BN",
                f"channels_last train median {cl_train['SN (ours)']:.2f}x BN, eval {cl_eval['SN (ours)']:.2f}x BN"]
+    if device.type == "cuda":
+        summary.append(f"triton train median {train['SN triton (ours)']:.2f}x BN, eval {evalr['SN triton (ours)']:.2f}x "
+                       f"BN, channels_last train {cl_train['SN triton (ours)']:.2f}x BN, eval "
+                       f"{cl_eval['SN triton (ours)']:.2f}x BN")
     if args.compile:
         for kind, table in (("train", train), ("eval", evalr)):
             summary.append(f"compiled {kind} median {table['SN compiled (ours)']:.2f}x BN "

@@ -44,3 +44,25 @@ def test_eval_deploy_figure_compares_sn_sparse_sn_and_frozen(capsys):
     assert all(r > 0 for r in ratios.values())
     # tied choices: every SN layer of ResNet-20 (21 with the shortcuts') became a plain layer
     assert "| ssn frozen, tied |" in out and "21 of 21 layers plain" in out
+
+
+def test_launch_count_table_from_the_command_line():
+    """bench.launches in a process of its own (it switches Triton's interpreter on): BN's three
+    operations a training step, the PyTorch-operation path's ~90 and the Triton path's seven
+    launches plus the batch counter, as ratios to BN."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "bench.launches", "--detail"], cwd=Path(__file__).parent.parent,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split(" | ")[0].strip("| "): line for line in done.stdout.splitlines() if line.startswith("| ")}
+    assert rows["BatchNorm2d"] == "| BatchNorm2d | 3 (1.0x) | 1 (1.0x) |"
+    assert rows["SN triton (ours)"] == "| SN triton (ours) | 8 (2.7x) | 3 (3.0x) |"
+    torch_train = int(rows["SN torch ops (ours)"].split(" | ")[1].split()[0])
+    assert torch_train > 50
+    assert "triton:mix_grad_kernel" in done.stdout

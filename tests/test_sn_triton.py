@@ -229,31 +229,6 @@ def test_sparsestmax_selection(radius):
         torch.testing.assert_close(a.double().cpu(), b, atol=1e-4, rtol=1e-4, msg=name)
 
 
-from torch.utils._python_dispatch import _disable_current_modes  # noqa: E402
-
-
-class _Counter:
-    """Stands in for one kernel of sn.triton_kernels: counts its launches, then launches it."""
-
-    def __init__(self, kernel, calls):
-        self.kernel, self.calls = kernel, calls
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.calls.append(self.kernel.__name__)
-            with _disable_current_modes():  # (the interpreter's own tensor traffic is not the device's)
-                return self.kernel[grid](*args, **kwargs)
-        return launch
-
-
-def _count_launches(monkeypatch):
-    from sn import triton_kernels as K
-    calls = []
-    for kernel in K.KERNELS:
-        monkeypatch.setattr(K, kernel.__name__, _Counter(kernel, calls))
-    return calls
-
-
 @kernels
 def test_the_triton_path_is_taken_and_is_opt_in(monkeypatch):
     x3 = _input(torch.float32, False).reshape(4, 8, -1)
@@ -261,49 +236,28 @@ def test_the_triton_path_is_taken_and_is_opt_in(monkeypatch):
     assert SNF.select_implementation(x3) != "triton"  # "auto" never picks it (no GPU measurement yet)
 
 
+FORWARD = ["triton:row_moments_kernel", "triton:pool_kernel", "triton:mix_apply_kernel"]
+BACKWARD = ["triton:row_grad_sums_kernel", "triton:mix_grad_kernel", "triton:logit_grad_kernel",
+            "triton:grad_rows_kernel"]
+
+
 @kernels
-def test_a_training_step_is_seven_launches_and_nothing_else(monkeypatch):
+def test_a_training_step_is_seven_launches_and_nothing_else():
     """Three kernels forward, four backward, whatever the statistics; no PyTorch operation runs on
-    the device but allocations (what made the PyTorch-operation path launch-bound)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class DeviceOps(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func.overloadpacket.__name__))
-            return func(*args, **(kwargs or {}))
-
-    allocations = {"empty", "empty_like", "empty_strided", "view", "reshape", "_reshape_alias", "as_strided",
-                   "select", "detach", "alias", "unsqueeze", "squeeze", "t", "transpose", "expand", "_unsafe_view",
-                   "slice"}
-    calls = _count_launches(monkeypatch)
+    the device but the layer's batch counter (the PyTorch-operation path dispatches ~93)."""
+    from bench.launches import step_ops  # (imported here: it switches the interpreter on for its process)
     for stats, devices, groups in CASES:
-        layer = _layer(stats, devices, groups)
-        x = _input(torch.float32, False).requires_grad_()
-        del calls[:]
-        with DeviceOps() as mode:
-            out = layer(x)
-            forward = list(calls)
-            out.backward(torch.ones_like(out))
-        assert forward == ["row_moments_kernel", "pool_kernel", "mix_apply_kernel"], (stats, forward)
-        assert calls[3:] == ["row_grad_sums_kernel", "mix_grad_kernel", "logit_grad_kernel", "grad_rows_kernel"]
-        others = [op for op in mode.ops if op not in allocations]
-        # besides the test's own ones_like: the layer's batch counter (num_batches_tracked += 1)
-        assert others == ["add_", "ones_like"] if "bn" in stats else ["ones_like"], others
-        assert x.grad is not None and layer.mean_weight.grad is not None
-    layer = _layer(("in", "ln", "bn"), 1, None).eval()
-    del calls[:]
-    with torch.no_grad():
-        layer(_input(torch.float32, False))
-    assert calls == ["row_moments_kernel", "pool_kernel", "mix_apply_kernel"]  # LN's moments need the pool
-    layer = _layer(("in", "bn"), 1, None).eval()
-    del calls[:]
-    with torch.no_grad():
-        layer(_input(torch.float32, False))
-    assert calls == ["row_moments_kernel", "mix_apply_kernel"]
+        ops = step_ops(_layer(stats, devices, groups), _input(torch.float32, False), train=True)
+        counter = ["add_"] if "bn" in stats else []  # num_batches_tracked += 1
+        assert ops == counter + FORWARD + BACKWARD, (stats, ops)
+    eval_ops = step_ops(_layer(("in", "ln", "bn"), 1, None), _input(torch.float32, True), train=False)
+    assert eval_ops == FORWARD  # (LN's moments need the pool)
+    assert step_ops(_layer(("in", "bn"), 1, None), _input(torch.float32, False), train=False) == \
+        ["triton:row_moments_kernel", "triton:mix_apply_kernel"]
+    torch_path = _layer(("in", "ln", "bn"), 1, None).to("meta")  # (meta: the branches a GPU takes)
+    torch_path.implementation = "torch"
+    torch_ops = step_ops(torch_path, _input(torch.float32, False).to("meta"), train=True)
+    assert len(torch_ops) > 50 and not any(op.startswith("triton:") for op in torch_ops)
 
 
 @kernels
