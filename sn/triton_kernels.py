@@ -178,9 +178,8 @@ def mix_apply_kernel(x_ptr, out_ptr, mean_in_ptr, var_in_ptr, ml_ptr, vl_ptr, w_
                      rows, C, L, G, CG, S, s_n, s_c, s_l,
                      K: tl.constexpr, IN_K: tl.constexpr, LN_K: tl.constexpr, GN_K: tl.constexpr,
                      BN_K: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, SAVE: tl.constexpr,
-                     ROWS: tl.constexpr, BLOCK: tl.constexpr):
+                     ROWS: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     row_ok = r < rows
     r64 = r.to(tl.int64)
     mean_in = tl.load(mean_in_ptr + r64, mask=row_ok, other=0.0)
@@ -198,11 +197,14 @@ def mix_apply_kernel(x_ptr, out_ptr, mean_in_ptr, var_in_ptr, ml_ptr, vl_ptr, w_
     if SAVE:  # (for the backward: once per row)
         tl.store(mu_ptr + r64, mu, mask=row_ok & (tl.program_id(1) == 0))
         tl.store(rstd_ptr + r64, rstd, mask=row_ok & (tl.program_id(1) == 0))
-    offs = _row_offsets(r64, C, s_n, s_c)[:, None] + t[None, :].to(tl.int64) * s_l
-    ok = row_ok[:, None] & (t[None, :] < L)
-    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    y = (x - mu[:, None]) * scale[:, None] + shift[:, None]
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=ok)
+    base = _row_offsets(r64, C, s_n, s_c)[:, None]
+    for i in range(0, STEPS):  # (STEPS tiles a program: the rows' mixing is computed once for them)
+        t = (tl.program_id(1) * STEPS + i) * BLOCK + tl.arange(0, BLOCK)
+        offs = base + t[None, :].to(tl.int64) * s_l
+        ok = row_ok[:, None] & (t[None, :] < L)
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        y = (x - mu[:, None]) * scale[:, None] + shift[:, None]
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -372,9 +374,8 @@ def grad_rows_kernel(g_ptr, x_ptr, dx_ptr, mean_in_ptr, mu_ptr, rstd_ptr, sg_ptr
                      rows, C, L, G, CG, S, s_n, s_c, s_l,
                      K: tl.constexpr, IN_K: tl.constexpr, LN_K: tl.constexpr, GN_K: tl.constexpr,
                      BN_K: tl.constexpr, BN_BATCH: tl.constexpr, HAS_W: tl.constexpr,
-                     ROWS: tl.constexpr, BLOCK: tl.constexpr):
+                     ROWS: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    t = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     row_ok = r < rows
     r64 = r.to(tl.int64)
     n = r64 // C
@@ -408,12 +409,18 @@ def grad_rows_kernel(g_ptr, x_ptr, dx_ptr, mean_in_ptr, mu_ptr, rstd_ptr, sg_ptr
         d_mean += _pick(wm, BN_K) * tl.load(bn_dm + i, mask=row_ok, other=0.0) / S + \
             2.0 * b * (mean_in - tl.load(bn_m + i, mask=row_ok, other=0.0))
         d_var += b
-    offs = _row_offsets(r64, C, s_n, s_c)[:, None] + t[None, :].to(tl.int64) * s_l
-    ok = row_ok[:, None] & (t[None, :] < L)
-    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    dx = gr[:, None] * g + (2.0 / L) * d_var[:, None] * (x - mean_in[:, None]) + d_mean[:, None] / L
-    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
+    base = _row_offsets(r64, C, s_n, s_c)[:, None]
+    k_g = gr[:, None]  # dx = k_g g + k_x (x - mean_in) + k_0
+    k_x = (2.0 / L) * d_var[:, None]
+    k_0 = d_mean[:, None] / L
+    for i in range(0, STEPS):
+        t = (tl.program_id(1) * STEPS + i) * BLOCK + tl.arange(0, BLOCK)
+        offs = base + t[None, :].to(tl.int64) * s_l
+        ok = row_ok[:, None] & (t[None, :] < L)
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        dx = k_g * g + k_x * (x - mean_in[:, None]) + k_0
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
 KERNELS = (row_moments_kernel, pool_kernel, mix_apply_kernel, row_grad_sums_kernel, mix_grad_kernel,

@@ -27,14 +27,26 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TILE = 1024  # elements per tile of the (N, C)-sized kernels
 _CHANNEL_TILE = 32  # channels per program of the per-channel (BN, affine) sums
 _ROW_TILE = 1024  # pixels per step of the passes over the data
+_MAX_ROWS = 32  # rows (sample, channel) per step
+_TILE_ELEMENTS = 2048  # elements per step
 
 
-def _blocks(l: int) -> Tuple[int, int]:
-    """``(ROWS, BLOCK)`` of the passes over the data: pixels per step up to 1024, and as many rows
-    per program (up to 64) as make ~2048 elements, so that small maps still give each program a
-    useful tile."""
-    block = min(triton.next_power_of_2(l), _ROW_TILE)
-    return max(1, min(64, 2 * _ROW_TILE // block)), block
+def _blocks(x3: Tensor) -> Tuple[int, int, int]:
+    """``(ROWS, BLOCK, STEPS)`` of the passes over the data: tiles of ROWS rows by BLOCK pixels
+    (up to 2048 elements), STEPS tiles along the rows a program of the output kernels. The tile
+    runs along the contiguous axis: the pixels for NCHW (BLOCK up to 1024, and as many rows as
+    fill the tile, up to 32), the channels for channels_last (up to 32 channels, a 128-byte line
+    of float32 at each pixel, and as many pixels as fill the tile), so that a warp's loads are
+    coalesced in either layout (``tests/test_sn_triton_compile.py`` checks the loads are 128-bit;
+    64 rows spill registers in the output kernel on sm_90)."""
+    n, c, l = x3.shape
+    if x3.stride(1) == 1 and l > 1:  # channels_last
+        rows = min(triton.next_power_of_2(c), _MAX_ROWS)
+        block = min(triton.next_power_of_2(l), _ROW_TILE, max(1, _TILE_ELEMENTS // rows))
+    else:
+        block = min(triton.next_power_of_2(l), _ROW_TILE)
+        rows = max(1, min(_MAX_ROWS, _TILE_ELEMENTS // block))
+    return rows, block, min(4, triton.cdiv(l, block))
 
 
 def _pow2(v: int, cap: int) -> int:
@@ -108,7 +120,7 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optiona
     f32 = dict(dtype=torch.float32, device=x3.device)
     mean_in = torch.empty((n, c), **f32)
     var_in = torch.empty_like(mean_in)
-    rows_per, block = _blocks(l)
+    rows_per, block, steps = _blocks(x3)
     K.row_moments_kernel[(triton.cdiv(n * c, rows_per),)](x3, mean_in, var_in, n * c, c, l, *_strides(x3),
                                                           ROWS=rows_per, BLOCK=block)
     has = {op: i >= 0 for op, i in p.index.items()}
@@ -129,12 +141,12 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optiona
                                              UPDATE=update, **p.tiles())
     out = torch.empty_like(x3)  # (the input's layout)
     mu, rstd = (torch.empty((n, c), **f32), torch.empty((n, c), **f32)) if save else (None, None)
-    K.mix_apply_kernel[(triton.cdiv(n * c, rows_per), triton.cdiv(l, block))](
+    K.mix_apply_kernel[(triton.cdiv(n * c, rows_per), triton.cdiv(l, block * steps))](
         x3, out, mean_in, var_in, mean_logits, var_logits, weight if weight is not None else mean_in,
         bias if bias is not None else mean_in, *ln, *gn, *bn, mu if save else mean_in, rstd if save else mean_in,
         float(config.eps), n * c, c, l, p.groups, p.group_size, p.samples, *_strides(x3),
         K=p.k, **p.positions(), HAS_W=weight is not None, HAS_B=bias is not None, SAVE=save, ROWS=rows_per,
-        BLOCK=block)
+        BLOCK=block, STEPS=steps)
     return out, _Forward(mean_in, var_in, mu, rstd, ln, gn, bn), update
 
 
@@ -153,7 +165,7 @@ def backward(g: Tensor, x3: Tensor, mean_logits: Tensor, var_logits: Tensor, wei
     f32 = dict(dtype=torch.float32, device=x3.device)
     s_g = torch.empty((n, c), **f32)
     s_gx = torch.empty_like(s_g)
-    rows_per, block = _blocks(l)
+    rows_per, block, steps = _blocks(x3)
     K.row_grad_sums_kernel[(triton.cdiv(n * c, rows_per),)](g, x3, saved.mean_in, s_g, s_gx, n * c, c, l,
                                                             *_strides(x3), ROWS=rows_per, BLOCK=block, num_warps=8)
     has = {op: i >= 0 for op, i in p.index.items()}
@@ -176,11 +188,11 @@ def backward(g: Tensor, x3: Tensor, mean_logits: Tensor, var_logits: Tensor, wei
     dx = None
     if need_dx:
         dx = torch.empty_like(x3)
-        K.grad_rows_kernel[(triton.cdiv(n * c, rows_per), triton.cdiv(l, block))](
+        K.grad_rows_kernel[(triton.cdiv(n * c, rows_per), triton.cdiv(l, block * steps))](
             g, x3, dx, saved.mean_in, saved.mu, saved.rstd, s_g, s_gx, w, mean_logits, var_logits, saved.ln[0],
             per_sample[2], per_sample[3], saved.gn[0], gn_d[0], gn_d[1], saved.bn[0], bn_d[0], bn_d[1], n * c, c, l,
             p.groups, p.group_size, p.samples, *_strides(x3), K=p.k, **p.positions(), BN_BATCH=p.batch_bn,
-            HAS_W=weight is not None, ROWS=rows_per, BLOCK=block)
+            HAS_W=weight is not None, ROWS=rows_per, BLOCK=block, STEPS=steps)
     return dx, d_logits[0], d_logits[1], d_affine[0], d_affine[1]
 
 

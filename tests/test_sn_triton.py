@@ -129,7 +129,7 @@ def _against_composite(layer, x, tol=2e-5, double_backward=False):
 
 TILINGS = [  # (module constants of sn.triton_path): real sizes, and tiles small enough that every loop turns
     {},
-    {"_TILE": 2, "_CHANNEL_TILE": 2, "_ROW_TILE": 4},
+    {"_TILE": 2, "_CHANNEL_TILE": 2, "_ROW_TILE": 4, "_MAX_ROWS": 2, "_TILE_ELEMENTS": 8},
 ]
 
 

@@ -43,28 +43,40 @@ class _Recorder:
         return lambda *args, **kwargs: self.launches.append((self.fn, args, kwargs))
 
 
+class _recording:
+    """Within the block, the kernels of sn.triton_kernels record their launches instead of running."""
+
+    def __enter__(self):
+        self.launches = []
+        for kernel in K.KERNELS:
+            setattr(K, kernel.__name__, _Recorder(kernel, self.launches))
+        return self.launches
+
+    def __exit__(self, *exc):
+        for kernel in K.KERNELS:
+            setattr(K, kernel.__name__, kernel)
+
+
 def _launches():
     """Every distinct kernel launch of sn.triton_path's forward and backward over the cases
     below (recorded, not run)."""
-    launches = []
-    try:
-        for kernel in K.KERNELS:
-            setattr(K, kernel.__name__, _Recorder(kernel, launches))
+    with _recording() as launches:
         for dtype in TP.DTYPES:
             for shape in ((2, 64, 3, 5), (4, 256, 14, 14), (32, 64, 56, 56)):  # L = 15, 196, 3136
                 for layout in (torch.contiguous_format, torch.channels_last):
-                    x = torch.empty(shape).to(dtype=dtype, memory_format=layout)
-                    x3 = x.reshape(shape[0], shape[1], -1) if layout == torch.contiguous_format else \
-                        x.permute(0, 2, 3, 1).reshape(shape[0], -1, shape[1]).transpose(1, 2)
+                    x3 = _rows_view(torch.empty(shape, dtype=dtype), layout)
                     # every set of statistics on float32 contiguous inputs; the one that takes
                     # the most registers (every flag on) on the other dtypes and layouts
                     every = dtype == torch.float32 and layout == torch.contiguous_format
                     for stats, groups, devices, training in CONFIGS if every else CONFIGS[1:2]:
                         _record_step(x3, stats, groups, devices, training)
-    finally:
-        for kernel in K.KERNELS:
-            setattr(K, kernel.__name__, kernel)
     return launches
+
+
+def _rows_view(x, layout):
+    """The ``(N, C, L)`` view of ``x`` in ``layout``, as sn.functional makes it."""
+    x = x.contiguous(memory_format=layout)
+    return x.reshape(x.shape[0], x.shape[1], -1)
 
 
 def _record_step(x3, stats, groups, devices, training):
@@ -121,3 +133,23 @@ def test_every_launch_compiles_for_sm80_and_sm90_without_spills(tmp_path):
             assert 0 < int(registers.group(1)) <= 255, what
     # (seven kernels x three dtypes x block shapes x statistics: many distinct programs per target)
     assert len(seen) >= 2 * 7 * 3, sorted(seen)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["NCHW", "channels_last"])
+def test_the_pass_over_the_data_loads_128_bits_at_a_time(layout):
+    """The rows' moments of a ResNet stage's input (float32, (32, 64, 56, 56)): every thread reads
+    its share of the tile in 128-bit loads in either layout (the tile runs along the pixels for
+    NCHW and along the channels for channels_last). A tile laid across the contiguous axis gives
+    32- or 64-bit loads a warp cannot coalesce: this guards the tiling's choice."""
+    x3 = _rows_view(torch.empty(32, 64, 56, 56), layout)
+    with _recording() as launches:
+        TP.forward(x3, torch.zeros(3), torch.zeros(3), None, None, Config(("in", "ln", "bn")), None, None)
+    fn, args, kwargs = launches[0]
+    src, options, _ = _source(fn, args, kwargs, TARGETS[1])
+    ptx = triton.compile(src, target=TARGETS[1], options=options.__dict__).asm["ptx"]
+    tile = kwargs["ROWS"] * kwargs["BLOCK"]
+    per_thread = tile // (32 * options.num_warps)
+    loads = re.findall(r"ld\.global(?:\.[a-z]+)*\.(v[24]\.)?b32", ptx)
+    assert loads.count("v4.") * 4 == per_thread, (kwargs, loads)
+    # besides: one or two 32-bit loads of the rows' first values (which shift the sums), no 64-bit ones
+    assert "v2." not in loads and loads.count("") <= 2, loads
