@@ -14,14 +14,13 @@ gradient accumulation); eval is one forward under ``no_grad`` with running stati
 import argparse
 import collections
 import os
+import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # (read when triton's kernels are defined: before importing sn's)
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes  # noqa: E402
-
-import sn  # noqa: E402
+import sn
 
 # aten operations that launch no kernel: views, metadata and allocations
 NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "view", "reshape", "_reshape_alias", "as_strided",
@@ -113,9 +112,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detail", action="store_true", help="also list the operations of each path")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        raise SystemExit("bench.launches counts Triton launches in Triton's interpreter: run it with "
-                         "TRITON_INTERPRET=1 (or unset, the default)")
+    # Triton's interpreter runs the kernels on CPU tensors; it is chosen when they are defined
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    if os.environ["TRITON_INTERPRET"] != "1" or "sn.triton_kernels" in sys.modules and \
+            not sys.modules["sn.triton_kernels"].KERNELS[0].__class__.__name__.startswith("Interpreted"):
+        raise SystemExit("bench.launches counts Triton launches in Triton's interpreter, which must be on before "
+                         "sn's kernels are defined: run it as its own command, without TRITON_INTERPRET=0")
     counts = count()
     base_train, base_eval = (len(ops) for ops in counts["BatchNorm2d"])
     print("### device operations (kernel launches) per call, ratio to BatchNorm2d\n")

@@ -66,3 +66,18 @@ def test_launch_count_table_from_the_command_line():
     torch_train = int(rows["SN torch ops (ours)"].split(" | ")[1].split()[0])
     assert torch_train > 50
     assert "triton:mix_grad_kernel" in done.stdout
+
+
+def test_the_gpu_check_script_stops_clearly_without_a_gpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the script would run its checks")
+    root = Path(__file__).parent.parent
+    done = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+                          env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "no CUDA device" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "out" / "tests.log").exists()  # (nothing else was run)

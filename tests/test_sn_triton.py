@@ -245,7 +245,7 @@ BACKWARD = ["triton:row_grad_sums_kernel", "triton:mix_grad_kernel", "triton:log
 def test_a_training_step_is_seven_launches_and_nothing_else():
     """Three kernels forward, four backward, whatever the statistics; no PyTorch operation runs on
     the device but the layer's batch counter (the PyTorch-operation path dispatches ~93)."""
-    from bench.launches import step_ops  # (imported here: it switches the interpreter on for its process)
+    from bench.launches import step_ops
     for stats, devices, groups in CASES:
         ops = step_ops(_layer(stats, devices, groups), _input(torch.float32, False), train=True)
         counter = ["add_"] if "bn" in stats else []  # num_batches_tracked += 1
