@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the Triton path in one command, for a machine with an NVIDIA GPU and a Python
-# that has torch (and triton) already (no set-up, nothing downloaded): about 6 minutes on an
-# H100-class GPU, most of it Triton compiling the kernels' variants on first use.
+# that has torch (and triton) already (no set-up, nothing downloaded). Not yet run on a GPU: expect
+# a few minutes, most of them Triton and torch.compile compiling kernels on first use.
 #
 #   bash scripts/gpu_check.sh [OUTPUT_DIR]     # default gpu-check/; PYTHON=... to pick the interpreter
 #
@@ -9,7 +9,8 @@
 #    float64 maths and the PyTorch-operation path, no host synchronization per step);
 # 2. bench/bench_sn.py --device cuda: BN, GN, SN on PyTorch operations and on Triton, at the
 #    CPU shapes and ResNet-50's stage shapes, contiguous and channels_last, a ResNet-50 step;
-# 3. the same tables in bfloat16 (the input; parameters float32, as under autocast).
+# 3. the same tables in bfloat16 (the input; parameters float32, as under autocast);
+# 4. torch.compile'd BN and SN beside them at two shapes (compiling every shape would take long).
 # Each step's output goes to OUTPUT_DIR/*.log; a failing step does not stop the others.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,4 +28,6 @@ status=0
 "$PY" -m bench.bench_sn --device cuda --repeats 25 2>&1 | tee "$OUTDIR/bench-float32.log" || status=1
 "$PY" -m bench.bench_sn --device cuda --repeats 25 --dtype bfloat16 --no-e2e 2>&1 \
     | tee "$OUTDIR/bench-bfloat16.log" || status=1
+"$PY" -m bench.bench_sn --device cuda --repeats 25 --compile --no-e2e --shapes 8x64x56,32x256x56 2>&1 \
+    | tee "$OUTDIR/bench-compiled.log" || status=1
 exit $status

@@ -369,6 +369,18 @@ def logit_grad_kernel(ml_ptr, vl_ptr, dml_ptr, dvl_ptr, p_in_m, p_in_v, ln_m, ln
 
 
 @triton.jit
+def _through_set(w_mean, w_var, dm_ptr, dv_ptr, m_ptr, i, ok, size, mean_in):
+    """What a pooled set's moments (index ``i``, ``size`` rows, their gradients' sums at ``dm_ptr``
+    and ``dv_ptr``) pass on to each row's ``(mean_in, var_in)``: the Appendix's
+    d mu_set / d mu_row = 1 / size, d var_set / d mu_row = 2 (mu_row - mu_set) / size and
+    d var_set / d var_row = 1 / size, times the set's weights."""
+    to_var = w_var * tl.load(dv_ptr + i, mask=ok, other=0.0) / size
+    to_mean = w_mean * tl.load(dm_ptr + i, mask=ok, other=0.0) / size + \
+        2.0 * to_var * (mean_in - tl.load(m_ptr + i, mask=ok, other=0.0).to(tl.float32))
+    return to_mean, to_var
+
+
+@triton.jit
 def grad_rows_kernel(g_ptr, x_ptr, dx_ptr, mean_in_ptr, mu_ptr, rstd_ptr, sg_ptr, sgx_ptr, w_ptr, ml_ptr, vl_ptr,
                      ln_m, ln_dm, ln_dv, gn_m, gn_dm, gn_dv, bn_m, bn_dm, bn_dv,
                      rows, C, L, G, CG, S, s_n, s_c, s_l,
@@ -384,31 +396,25 @@ def grad_rows_kernel(g_ptr, x_ptr, dx_ptr, mean_in_ptr, mu_ptr, rstd_ptr, sg_ptr
     wm = _weights(ml_ptr, K)
     wv = _weights(vl_ptr, K)
     mean_in = tl.load(mean_in_ptr + r64, mask=row_ok, other=0.0)
-    # the Appendix: a pooled set's moments pass its gradients to each row's (mu_row, var_row) as
-    # d mu_set / d mu_row = 1 / |set|, d var_set / d mu_row = 2 (mu_row - mu_set) / |set|,
-    # d var_set / d var_row = 1 / |set|
     d_mean = tl.zeros_like(dm)
     d_var = tl.zeros_like(dv)
     if IN_K >= 0:
         d_mean += _pick(wm, IN_K) * dm
         d_var += _pick(wv, IN_K) * dv
     if LN_K >= 0:
-        b = _pick(wv, LN_K) * tl.load(ln_dv + n, mask=row_ok, other=0.0) / C
-        d_mean += _pick(wm, LN_K) * tl.load(ln_dm + n, mask=row_ok, other=0.0) / C + \
-            2.0 * b * (mean_in - tl.load(ln_m + n, mask=row_ok, other=0.0))
-        d_var += b
+        dm_set, dv_set = _through_set(_pick(wm, LN_K), _pick(wv, LN_K), ln_dm, ln_dv, ln_m, n, row_ok, C, mean_in)
+        d_mean += dm_set
+        d_var += dv_set
     if GN_K >= 0:
-        i = n * G + c // CG
-        b = _pick(wv, GN_K) * tl.load(gn_dv + i, mask=row_ok, other=0.0) / CG
-        d_mean += _pick(wm, GN_K) * tl.load(gn_dm + i, mask=row_ok, other=0.0) / CG + \
-            2.0 * b * (mean_in - tl.load(gn_m + i, mask=row_ok, other=0.0))
-        d_var += b
+        dm_set, dv_set = _through_set(_pick(wm, GN_K), _pick(wv, GN_K), gn_dm, gn_dv, gn_m, n * G + c // CG, row_ok,
+                                      CG, mean_in)
+        d_mean += dm_set
+        d_var += dv_set
     if BN_BATCH:
-        i = (n // S) * C + c
-        b = _pick(wv, BN_K) * tl.load(bn_dv + i, mask=row_ok, other=0.0) / S
-        d_mean += _pick(wm, BN_K) * tl.load(bn_dm + i, mask=row_ok, other=0.0) / S + \
-            2.0 * b * (mean_in - tl.load(bn_m + i, mask=row_ok, other=0.0))
-        d_var += b
+        dm_set, dv_set = _through_set(_pick(wm, BN_K), _pick(wv, BN_K), bn_dm, bn_dv, bn_m, (n // S) * C + c, row_ok,
+                                      S, mean_in)
+        d_mean += dm_set
+        d_var += dv_set
     base = _row_offsets(r64, C, s_n, s_c)[:, None]
     k_g = gr[:, None]  # dx = k_g g + k_x (x - mean_in) + k_0
     k_x = (2.0 / L) * d_var[:, None]
