@@ -109,12 +109,24 @@ def _check(x3: Tensor) -> None:
         raise ValueError(f"sn's Triton kernels take float32, float16 or bfloat16 tensors, got {x3.dtype}")
 
 
+def dense(x3: Tensor) -> Tensor:
+    """``x3`` if it is laid out as contiguous or channels_last rows (so that ``empty_like`` gives
+    an output with its strides, which the kernels write through), else a contiguous copy (e.g.
+    of an input sliced along the channels, whose rows have gaps between them)."""
+    n, c, l = x3.shape
+    if x3.is_contiguous() or (x3.stride(1) == 1 and x3.stride(2) == c and (n == 1 or x3.stride(0) == c * l)):
+        return x3
+    return x3.contiguous()
+
+
 def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             config: Config, bn_mean: Optional[Tensor], bn_var: Optional[Tensor], running=None, save: bool = False):
     """SN of ``x3`` ``(N, C, L)``: ``(output in x3's dtype and layout, what the backward needs,
     whether the running averages were updated)``. ``running = (running_mean, running_var,
     momentum, unbias)`` updates those in place with the batch's BN moments (a float momentum)."""
     _check(x3)
+    if dense(x3) is not x3:
+        raise ValueError("sn.triton_path.forward takes (N, C, L) rows laid out densely: pass dense(x3)")
     p = _plan(x3, config, bn_mean)
     n, c, l = x3.shape
     f32 = dict(dtype=torch.float32, device=x3.device)
@@ -236,6 +248,7 @@ def switch_norm(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Opt
                 bn_var: Optional[Tensor] = None, running=None):
     """``(output (N, C, L), batch BN moments or None)``; see :func:`forward` for ``running``.
     The moments are returned only when the running averages are left to the caller."""
+    x3 = dense(x3)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (x3, mean_logits, var_logits, weight, bias)):
         out, *moments = TritonSwitchNorm.apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var,
@@ -246,4 +259,4 @@ def switch_norm(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Opt
     return out, (saved.bn if batch_bn and not updated else None)
 
 
-__all__ = ["DTYPES", "TritonSwitchNorm", "backward", "forward", "in_layout", "switch_norm"]
+__all__ = ["DTYPES", "TritonSwitchNorm", "backward", "dense", "forward", "in_layout", "switch_norm"]

@@ -178,6 +178,20 @@ def test_without_affine_and_as_1d_features():
 
 
 @kernels
+def test_inputs_whose_rows_have_gaps_or_repeat():
+    """The kernels write the output through the input's strides: an input sliced along the
+    channels (gaps between rows), one broadcast from a single value per channel (stride 0) and a
+    channels_last slice are copied to dense rows first (writing through their strides corrupted
+    memory), and their gradients flow back through that copy."""
+    big = _input(torch.float32, False, seed=13, shape=(3, 16, 5, 4))
+    layer = _layer(("in", "ln", "bn"), 1, None)
+    _against_composite(layer, big[:, ::2].detach())
+    _against_composite(layer, big[:, :8, :1, :1].detach().expand(3, 8, 5, 4))
+    _against_composite(layer, big.contiguous(memory_format=torch.channels_last)[:, 4:12].detach())
+    _against_composite(layer, big[:1, 3:11].detach())  # (one sample)
+
+
+@kernels
 def test_double_backward_is_the_composite_graph():
     layer = _layer(("in", "ln", "bn"), 1, None)
     twin, got, want = _against_composite(layer, _input(torch.float32, False, seed=12), double_backward=True)
