@@ -189,6 +189,14 @@ def test_inputs_whose_rows_have_gaps_or_repeat():
     _against_composite(layer, big[:, :8, :1, :1].detach().expand(3, 8, 5, 4))
     _against_composite(layer, big.contiguous(memory_format=torch.channels_last)[:, 4:12].detach())
     _against_composite(layer, big[:1, 3:11].detach())  # (one sample)
+    # and an output gradient with stride 0 (that of a sum)
+    x, x64 = big[:, :8].detach().requires_grad_(), big[:, :8].detach().double().requires_grad_()
+    twin = copy.deepcopy(layer).double()
+    twin.implementation = "composite"
+    (layer(x) * 3.0).sum().backward()
+    (twin(x64) * 3.0).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layer.mean_weight.grad.double(), twin.mean_weight.grad, atol=1e-4, rtol=1e-4)
 
 
 @kernels
