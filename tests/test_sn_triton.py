@@ -1,6 +1,8 @@
-"""The Triton kernels (sn.triton_kernels, implementation="triton") against float64 maths and the
+"""The Triton path (sn.triton_path, implementation="triton") against float64 maths and the
 composite form: outputs, gradients and running statistics, in float32, float16 and bfloat16,
-contiguous and channels_last, training and eval. On a GPU they run on the GPU. Without one they
+contiguous, channels_last and strided inputs, training and eval, with the kernels' real tiles and
+with tiles so small that every loop turns; and the seven launches a training step makes. On a GPU
+they run on the GPU. Without one they
 run in Triton's interpreter on CPU tensors, which must be switched on (TRITON_INTERPRET=1)
 before anything imports triton (torch's compiler, timm and torchvision may have done so in this
 process): test_the_kernels_in_triton_s_interpreter runs this file again in a process of its own
