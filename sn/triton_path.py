@@ -122,7 +122,8 @@ def dense(x3: Tensor) -> Tensor:
 def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             config: Config, bn_mean: Optional[Tensor], bn_var: Optional[Tensor], running=None, save: bool = False):
     """SN of ``x3`` ``(N, C, L)``: ``(output in x3's dtype and layout, what the backward needs,
-    whether the running averages were updated)``. ``running = (running_mean, running_var,
+    the batch's per-device BN moments when the BN branch used the batch and the running averages
+    were not updated here, else None)``. ``running = (running_mean, running_var,
     momentum, unbias)`` updates those in place with the batch's BN moments (a float momentum)."""
     _check(x3)
     if dense(x3) is not x3:
@@ -159,7 +160,7 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optiona
         float(config.eps), n * c, c, l, p.groups, p.group_size, p.samples, *_strides(x3),
         K=p.k, **p.positions(), HAS_W=weight is not None, HAS_B=bias is not None, SAVE=save, ROWS=rows_per,
         BLOCK=block, STEPS=steps)
-    return out, _Forward(mean_in, var_in, mu, rstd, ln, gn, bn), update
+    return out, _Forward(mean_in, var_in, mu, rstd, ln, gn, bn), (bn if p.batch_bn and not update else None)
 
 
 def in_layout(g: Tensor, x3: Tensor) -> Tensor:
@@ -216,13 +217,13 @@ class TritonSwitchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x3, mean_logits, var_logits, weight, bias, config, bn_mean=None, bn_var=None, running=None):
-        out, saved, updated = forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, running,
+        out, saved, moments = forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, running,
                                       save=True)
         ctx.save_for_backward(x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var, saved.mean_in,
                               saved.var_in, saved.mu, saved.rstd, *saved.ln, *saved.gn, *saved.bn)
         ctx.config = config
         ctx.set_materialize_grads(False)
-        moments = saved.bn if _plan(x3, config, bn_mean).batch_bn and not updated else ()
+        moments = moments or ()
         ctx.mark_non_differentiable(*moments)
         return (out,) + tuple(moments)
 
@@ -254,9 +255,8 @@ def switch_norm(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Opt
         out, *moments = TritonSwitchNorm.apply(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var,
                                                running)
         return out, (tuple(moments) if moments else None)
-    out, saved, updated = forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, running)
-    batch_bn = _plan(x3, config, bn_mean).batch_bn
-    return out, (saved.bn if batch_bn and not updated else None)
+    out, _, moments = forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, running)
+    return out, moments
 
 
 __all__ = ["DTYPES", "TritonSwitchNorm", "backward", "dense", "forward", "in_layout", "switch_norm"]

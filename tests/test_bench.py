@@ -74,7 +74,8 @@ def test_the_gpu_check_script_stops_clearly_without_a_gpu(tmp_path):
     from pathlib import Path
 
     if torch.cuda.is_available():
-        pytest.skip("a GPU is here: the script would run its checks")
+        pytest.skip("a CUDA device is present: this checks the script's refusal on machines without one, and "
+                    "here it would run its full GPU checks")
     root = Path(__file__).parent.parent
     done = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
                           env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
