@@ -197,7 +197,8 @@ def backward(g: Tensor, x3: Tensor, mean_logits: Tensor, var_logits: Tensor, wei
     d_logits = torch.empty((2, p.k), **f32)
     K.logit_grad_kernel[(1,)](mean_logits, var_logits, d_logits[0], d_logits[1], per_sample[0], per_sample[1],
                               *saved.ln, per_sample[2], per_sample[3], *saved.gn, gn_d[0], gn_d[1], *saved.bn,
-                              bn_d[0], bn_d[1], n, n * p.groups, p.devices * c, K=p.k, **p.positions(), BLOCK=_TILE)
+                              bn_d[0], bn_d[1], n, n * p.groups, p.devices * c, K=p.k, **p.positions(),
+                              BLOCK=min(_TILE, 256))  # (8 running sums: 1024 spilled on sm_80, Triton 3.6)
     dx = None
     if need_dx:
         dx = torch.empty_like(x3)
