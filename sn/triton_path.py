@@ -8,6 +8,7 @@ backward works as on the other paths.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -17,7 +18,7 @@ from . import composite
 from .config import Config
 
 try:
-    import triton
+    import triton  # noqa: F401  (the clear error; the kernels module imports it)
 except ImportError as err:  # pragma: no cover - triton ships with torch's Linux CUDA builds
     raise ImportError(f"sn's Triton kernels need the triton package ({err}); use implementation='torch'") from err
 
@@ -31,7 +32,17 @@ _MAX_ROWS = 32  # rows (sample, channel) per step
 _TILE_ELEMENTS = 2048  # elements per step
 
 
-def _blocks(x3: Tensor) -> Tuple[int, int, int]:
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(v: int, cap: int) -> int:
+    """The power of two at or above ``v`` (at least 1), at most ``cap``. (Plain integer maths:
+    ``triton.next_power_of_2`` and ``triton.cdiv`` cost microseconds a call on the host.)"""
+    return min(1 << (max(v, 1) - 1).bit_length(), cap)
+
+
+def _blocks(n: int, c: int, l: int, channels_last: bool) -> Tuple[int, int, int]:
     """``(ROWS, BLOCK, STEPS)`` of the passes over the data: tiles of ROWS rows by BLOCK pixels
     (up to 2048 elements), STEPS tiles along the rows a program of the output kernels. The tile
     runs along the contiguous axis: the pixels for NCHW (BLOCK up to 1024, and as many rows as
@@ -39,57 +50,70 @@ def _blocks(x3: Tensor) -> Tuple[int, int, int]:
     of float32 at each pixel, and as many pixels as fill the tile), so that a warp's loads are
     coalesced in either layout (``tests/test_sn_triton_compile.py`` checks the loads are 128-bit;
     64 rows spill registers in the output kernel on sm_90)."""
-    n, c, l = x3.shape
-    if x3.stride(1) == 1 and l > 1:  # channels_last
-        rows = min(triton.next_power_of_2(c), _MAX_ROWS)
-        block = min(triton.next_power_of_2(l), _ROW_TILE, max(1, _TILE_ELEMENTS // rows))
+    if channels_last:
+        rows = _pow2(c, _MAX_ROWS)
+        block = min(_pow2(l, _ROW_TILE), max(1, _TILE_ELEMENTS // rows))
     else:
-        block = min(triton.next_power_of_2(l), _ROW_TILE)
+        block = _pow2(l, _ROW_TILE)
         rows = max(1, min(_MAX_ROWS, _TILE_ELEMENTS // block))
-    return rows, block, min(4, triton.cdiv(l, block))
-
-
-def _pow2(v: int, cap: int) -> int:
-    return min(triton.next_power_of_2(max(v, 1)), cap)
+    return rows, block, min(4, _cdiv(l, block))
 
 
 class _Plan(NamedTuple):
-    """The shape of one call as the kernels take it."""
+    """One call's shape as the kernels take it: sizes, tiles and grids (computed once per shape,
+    layout and configuration; see :func:`_plan`). Read-only: the dicts are passed as ``**kwargs``."""
 
     n: int
     c: int
     l: int
+    strides: Tuple[int, int, int]  # the rows' (N, C, L) strides
     groups: int  # G (1 without GN)
     group_size: int  # C / G
     devices: int  # D chunks of the batch BN statistics (1 for running statistics)
     samples: int  # S = N / D
-    index: dict  # op -> its position in the logits, or -1
     batch_bn: bool  # the BN branch uses the batch's moments
+    has: dict  # op -> whether it is mixed
+    k: int  # statistics mixed
+    positions: dict  # IN_K, LN_K, GN_K, BN_K: each op's position in the logits, or -1
+    rows: int  # ROWS, BLOCK, STEPS of the passes over the data (_blocks)
+    block: int
+    steps: int
+    tiles: dict  # the (N, C)-sized kernels' tiles
+    row_grid: Tuple[int]  # one program per ROWS rows
+    out_grid: Tuple[int, int]  # and per STEPS tiles along them
+    pool_samples: int  # pool_kernel's per-sample programs (LN, GN)
+    pool_grid: Tuple[int]  # (0,) when there is nothing to pool
+    grad_samples: int  # mix_grad_kernel's per-sample programs (IN, LN, GN)
+    grad_grid: Tuple[int]
 
-    @property
-    def k(self) -> int:
-        return sum(i >= 0 for i in self.index.values())
 
-    def positions(self) -> dict:
-        return {f"{op.upper()}_K": i for op, i in self.index.items()}
-
-    def tiles(self) -> dict:
-        bcg = _pow2(self.group_size, _TILE)
-        bc = _pow2(self.c, _CHANNEL_TILE)
-        return dict(BLOCK_C=_pow2(self.c, _TILE), BCG=bcg, BG=_pow2(self.groups, max(1, _TILE // bcg)), BC=bc,
-                    BS=_pow2(self.samples, max(1, _TILE // bc)))
+@functools.lru_cache(maxsize=1024)
+def _cached_plan(n, c, l, strides, stats, groups, devices, batch_bn, constants) -> _Plan:
+    index = {op: (stats.index(op) if op in stats else -1) for op in ("in", "ln", "gn", "bn")}
+    has = {op: i >= 0 for op, i in index.items()}
+    devices = devices if batch_bn else 1
+    samples = n // devices
+    rows, block, steps = _blocks(n, c, l, strides[1] == 1 and l > 1)
+    group_size = c // groups
+    bcg, bc = _pow2(group_size, _TILE), _pow2(c, _CHANNEL_TILE)
+    tiles = dict(BLOCK_C=_pow2(c, _TILE), BCG=bcg, BG=_pow2(groups, max(1, _TILE // bcg)), BC=bc,
+                 BS=_pow2(samples, max(1, _TILE // bc)))
+    channel_programs = _cdiv(c, bc)
+    pool_samples = n if has["ln"] or has["gn"] else 0
+    grad_samples = n if has["in"] or has["ln"] or has["gn"] else 0
+    return _Plan(n, c, l, strides, groups, group_size, devices, samples, batch_bn, has, sum(has.values()),
+                 {f"{op.upper()}_K": i for op, i in index.items()}, rows, block, steps, tiles,
+                 (_cdiv(n * c, rows),), (_cdiv(n * c, rows), _cdiv(l, block * steps)),
+                 pool_samples, (pool_samples + (channel_programs if batch_bn else 0),),
+                 grad_samples, (grad_samples + channel_programs,))
 
 
 def _plan(x3: Tensor, config: Config, bn_mean: Optional[Tensor]) -> _Plan:
     n, c, l = x3.shape
-    batch_bn = "bn" in config.stats and bn_mean is None
-    devices = config.devices if batch_bn else 1
-    index = {op: (config.stats.index(op) if op in config.stats else -1) for op in ("in", "ln", "gn", "bn")}
-    return _Plan(n, c, l, config.num_groups, c // config.num_groups, devices, n // devices, index, batch_bn)
-
-
-def _strides(x3: Tensor) -> Tuple[int, int, int]:
-    return x3.stride(0), x3.stride(1), x3.stride(2)
+    # (the tile constants are part of the key: the tests set them small to turn every loop)
+    return _cached_plan(n, c, l, x3.stride(), config.stats, config.num_groups, config.devices,
+                        "bn" in config.stats and bn_mean is None,
+                        (_TILE, _CHANNEL_TILE, _ROW_TILE, _MAX_ROWS, _TILE_ELEMENTS))
 
 
 class _Forward(NamedTuple):
@@ -130,13 +154,11 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optiona
         raise ValueError("sn.triton_path.forward takes (N, C, L) rows laid out densely: pass dense(x3)")
     p = _plan(x3, config, bn_mean)
     n, c, l = x3.shape
+    has = p.has
     f32 = dict(dtype=torch.float32, device=x3.device)
     mean_in = torch.empty((n, c), **f32)
     var_in = torch.empty_like(mean_in)
-    rows_per, block, steps = _blocks(x3)
-    K.row_moments_kernel[(triton.cdiv(n * c, rows_per),)](x3, mean_in, var_in, n * c, c, l, *_strides(x3),
-                                                          ROWS=rows_per, BLOCK=block)
-    has = {op: i >= 0 for op, i in p.index.items()}
+    K.row_moments_kernel[p.row_grid](x3, mean_in, var_in, n * c, c, l, *p.strides, ROWS=p.rows, BLOCK=p.block)
     ln = (torch.empty(n, **f32), torch.empty(n, **f32)) if has["ln"] else (mean_in, mean_in)
     gn = (torch.empty((n, p.groups), **f32), torch.empty((n, p.groups), **f32)) if has["gn"] else (mean_in, mean_in)
     if p.batch_bn:
@@ -144,23 +166,20 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optiona
     else:
         bn = (bn_mean, bn_var) if has["bn"] else (mean_in, mean_in)
     update = p.batch_bn and running is not None
-    samples = n if has["ln"] or has["gn"] else 0
-    channels = triton.cdiv(c, p.tiles()["BC"]) if p.batch_bn else 0
-    if samples + channels:
+    if p.pool_grid[0]:
         run_m, run_v, momentum, unbias = running if update else (mean_in, mean_in, 0.0, 1.0)
-        K.pool_kernel[(samples + channels,)](mean_in, var_in, *ln, *gn, *bn, run_m, run_v, float(momentum),
-                                             float(unbias), n, c, p.groups, p.group_size, p.devices, p.samples,
-                                             samples, HAS_LN=has["ln"], HAS_GN=has["gn"], HAS_BN=p.batch_bn,
-                                             UPDATE=update, **p.tiles())
+        K.pool_kernel[p.pool_grid](mean_in, var_in, *ln, *gn, *bn, run_m, run_v, float(momentum), float(unbias), n, c,
+                                   p.groups, p.group_size, p.devices, p.samples, p.pool_samples, HAS_LN=has["ln"],
+                                   HAS_GN=has["gn"], HAS_BN=p.batch_bn, UPDATE=update, **p.tiles)
     out = torch.empty_like(x3)  # (the input's layout)
-    mu, rstd = (torch.empty((n, c), **f32), torch.empty((n, c), **f32)) if save else (None, None)
-    K.mix_apply_kernel[(triton.cdiv(n * c, rows_per), triton.cdiv(l, block * steps))](
+    mu, rstd = (torch.empty((n, c), **f32), torch.empty((n, c), **f32)) if save else (mean_in, mean_in)
+    K.mix_apply_kernel[p.out_grid](
         x3, out, mean_in, var_in, mean_logits, var_logits, weight if weight is not None else mean_in,
-        bias if bias is not None else mean_in, *ln, *gn, *bn, mu if save else mean_in, rstd if save else mean_in,
-        float(config.eps), n * c, c, l, p.groups, p.group_size, p.samples, *_strides(x3),
-        K=p.k, **p.positions(), HAS_W=weight is not None, HAS_B=bias is not None, SAVE=save, ROWS=rows_per,
-        BLOCK=block, STEPS=steps)
-    return out, _Forward(mean_in, var_in, mu, rstd, ln, gn, bn), (bn if p.batch_bn and not update else None)
+        bias if bias is not None else mean_in, *ln, *gn, *bn, mu, rstd, float(config.eps), n * c, c, l, p.groups,
+        p.group_size, p.samples, *p.strides, K=p.k, **p.positions, HAS_W=weight is not None, HAS_B=bias is not None,
+        SAVE=save, ROWS=p.rows, BLOCK=p.block, STEPS=p.steps)
+    saved = _Forward(mean_in, var_in, mu, rstd, ln, gn, bn) if save else None
+    return out, saved, (bn if p.batch_bn and not update else None)
 
 
 def in_layout(g: Tensor, x3: Tensor) -> Tensor:
@@ -174,40 +193,35 @@ def backward(g: Tensor, x3: Tensor, mean_logits: Tensor, var_logits: Tensor, wei
     """``(dx or None, d_mean_logits, d_var_logits, d_weight, d_bias)`` in float32 (dx: x3's dtype)."""
     p = _plan(x3, config, bn_mean)
     n, c, l = x3.shape
+    has = p.has
     g = in_layout(g, x3)
     f32 = dict(dtype=torch.float32, device=x3.device)
-    s_g = torch.empty((n, c), **f32)
-    s_gx = torch.empty_like(s_g)
-    rows_per, block, steps = _blocks(x3)
-    K.row_grad_sums_kernel[(triton.cdiv(n * c, rows_per),)](g, x3, saved.mean_in, s_g, s_gx, n * c, c, l,
-                                                            *_strides(x3), ROWS=rows_per, BLOCK=block, num_warps=8)
-    has = {op: i >= 0 for op, i in p.index.items()}
-    per_sample = torch.empty((4, n), **f32)  # IN's weighted sums (mean, var), LN's sums (mean, var)
-    gn_d = torch.empty((2, n, p.groups), **f32) if has["gn"] else per_sample
-    bn_d = torch.empty((2, p.devices, c), **f32) if has["bn"] else per_sample
-    d_affine = torch.empty((2, c), **f32)  # (d_weight, d_bias)
-    tiles = p.tiles()
-    samples = n if has["in"] or has["ln"] or has["gn"] else 0
+    s_g, s_gx = torch.empty((2, n, c), **f32).unbind()  # the rows' sums of g and of g * (x - mean)
+    K.row_grad_sums_kernel[p.row_grid](g, x3, saved.mean_in, s_g, s_gx, n * c, c, l, *p.strides, ROWS=p.rows,
+                                       BLOCK=p.block, num_warps=8)
+    in_dm, in_dv, ln_dm, ln_dv = torch.empty((4, n), **f32).unbind()  # IN's weighted sums, LN's sums (mean, var)
+    gn_dm, gn_dv = torch.empty((2, n, p.groups), **f32).unbind() if has["gn"] else (in_dm, in_dm)
+    bn_dm, bn_dv = torch.empty((2, p.devices, c), **f32).unbind() if has["bn"] else (in_dm, in_dm)
+    d_weight, d_bias = torch.empty((2, c), **f32).unbind()
     w = weight if weight is not None else saved.mean_in
-    K.mix_grad_kernel[(samples + triton.cdiv(c, tiles["BC"]),)](
-        saved.mean_in, saved.var_in, saved.mu, saved.rstd, s_g, s_gx, w, per_sample[0], per_sample[1],
-        per_sample[2], per_sample[3], gn_d[0], gn_d[1], bn_d[0], bn_d[1], d_affine[0], d_affine[1], n, c, p.groups,
-        p.group_size, p.devices, p.samples, samples, HAS_IN=has["in"], HAS_LN=has["ln"], HAS_GN=has["gn"],
-        HAS_BN=has["bn"], HAS_W=weight is not None, **tiles)
-    d_logits = torch.empty((2, p.k), **f32)
-    K.logit_grad_kernel[(1,)](mean_logits, var_logits, d_logits[0], d_logits[1], per_sample[0], per_sample[1],
-                              *saved.ln, per_sample[2], per_sample[3], *saved.gn, gn_d[0], gn_d[1], *saved.bn,
-                              bn_d[0], bn_d[1], n, n * p.groups, p.devices * c, K=p.k, **p.positions(),
+    K.mix_grad_kernel[p.grad_grid](
+        saved.mean_in, saved.var_in, saved.mu, saved.rstd, s_g, s_gx, w, in_dm, in_dv, ln_dm, ln_dv, gn_dm, gn_dv,
+        bn_dm, bn_dv, d_weight, d_bias, n, c, p.groups, p.group_size, p.devices, p.samples, p.grad_samples,
+        HAS_IN=has["in"], HAS_LN=has["ln"], HAS_GN=has["gn"], HAS_BN=has["bn"], HAS_W=weight is not None, **p.tiles)
+    d_mean_logits, d_var_logits = torch.empty((2, p.k), **f32).unbind()
+    K.logit_grad_kernel[(1,)](mean_logits, var_logits, d_mean_logits, d_var_logits, in_dm, in_dv, *saved.ln, ln_dm,
+                              ln_dv, *saved.gn, gn_dm, gn_dv, *saved.bn, bn_dm, bn_dv, n, n * p.groups, p.devices * c,
+                              K=p.k, **p.positions,
                               BLOCK=min(_TILE, 256))  # (8 running sums: 1024 spilled on sm_80, Triton 3.6)
     dx = None
     if need_dx:
         dx = torch.empty_like(x3)
-        K.grad_rows_kernel[(triton.cdiv(n * c, rows_per), triton.cdiv(l, block * steps))](
-            g, x3, dx, saved.mean_in, saved.mu, saved.rstd, s_g, s_gx, w, mean_logits, var_logits, saved.ln[0],
-            per_sample[2], per_sample[3], saved.gn[0], gn_d[0], gn_d[1], saved.bn[0], bn_d[0], bn_d[1], n * c, c, l,
-            p.groups, p.group_size, p.samples, *_strides(x3), K=p.k, **p.positions(), BN_BATCH=p.batch_bn,
-            HAS_W=weight is not None, ROWS=rows_per, BLOCK=block, STEPS=steps)
-    return dx, d_logits[0], d_logits[1], d_affine[0], d_affine[1]
+        K.grad_rows_kernel[p.out_grid](
+            g, x3, dx, saved.mean_in, saved.mu, saved.rstd, s_g, s_gx, w, mean_logits, var_logits, saved.ln[0], ln_dm,
+            ln_dv, saved.gn[0], gn_dm, gn_dv, saved.bn[0], bn_dm, bn_dv, n * c, c, l, p.groups, p.group_size,
+            p.samples, *p.strides, K=p.k, **p.positions, BN_BATCH=p.batch_bn, HAS_W=weight is not None, ROWS=p.rows,
+            BLOCK=p.block, STEPS=p.steps)
+    return dx, d_mean_logits, d_var_logits, d_weight, d_bias
 
 
 class TritonSwitchNorm(torch.autograd.Function):
@@ -241,7 +255,7 @@ class TritonSwitchNorm(torch.autograd.Function):
         grads = backward(grad_out, x3, mean_logits, var_logits, weight, ctx.config, bn_mean, saved,
                          need_dx=ctx.needs_input_grad[0])
         inputs = (x3, mean_logits, var_logits, weight, bias)
-        return tuple(None if not ctx.needs_input_grad[i] or g is None else g.to(t.dtype)
+        return tuple(None if not ctx.needs_input_grad[i] or g is None else g if g.dtype == t.dtype else g.to(t.dtype)
                      for i, (g, t) in enumerate(zip(grads, inputs))) + (None,) * 4
 
 
