@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import sn
+from sn import functional as SNF
 from sn import native as SNN
 
 from tasks.classify.model import CifarResNet, norm_factory
@@ -36,7 +37,7 @@ LAYERS = {
     "SN published form": PublishedFormSN,
     "SN Fig.7 form": ThreeMomentsSN,
     # our layer on each of its eager paths: plain autograd operations ("composite"), the PyTorch-operation
-    # path GPUs and CPUs without a C compiler run ("torch"), and as it runs here (the C kernels on CPUs)
+    # path ("torch"), and as it runs here (the C kernels on CPUs, the Triton kernels on CUDA)
     "SN autograd (ours)": functools.partial(sn.SwitchNorm2d, implementation="composite"),
     "SN torch ops (ours)": functools.partial(sn.SwitchNorm2d, implementation="torch"),
     "SN (ours)": sn.SwitchNorm2d,
@@ -74,6 +75,40 @@ def median_times(fns, device, repeats, warmup=3):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def captured(fn, params):
+    """``fn`` captured in a CUDA graph (after warm-up on a side stream, the gradients of
+    ``params`` set to None so that the graph allocates and accumulates them), its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    for p in params:
+        p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def median_graph_times(fns, repeats, replays=10):
+    """Device time per call of every function in ``fns``, each captured in a CUDA graph and
+    timed with CUDA events over ``replays`` replays: the kernels' time without the host's
+    launch overhead (median of ``repeats``)."""
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, replay in fns.items():
+            events[0].record()
+            for _ in range(replays):
+                replay()
+            events[1].record()
+            events[1].synchronize()
+            times[name].append(events[0].elapsed_time(events[1]) / 1e3 / replays)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def saved_bytes(layer, x):
     """Bytes of the distinct tensors autograd keeps for the backward of ``layer(x)``."""
     seen = {}
@@ -99,8 +134,9 @@ def parse_shapes(text):
 
 
 def bench_layers(device, repeats, shapes=SHAPES, dtype=torch.float32, names=None,
-                 memory_format=torch.contiguous_format):
-    """Train, eval and saved-memory figures of the layers ``names`` (default: all of LAYERS)."""
+                 memory_format=torch.contiguous_format, graphs=False):
+    """Train, eval and saved-memory figures of the layers ``names`` (default: all of LAYERS);
+    ``graphs``: the train and eval calls replayed from CUDA graphs (device time), no memory."""
     rows = []
     for n, c, hw in shapes:
         x = torch.randn(n, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=memory_format)
@@ -117,6 +153,19 @@ def bench_layers(device, repeats, shapes=SHAPES, dtype=torch.float32, names=None
 
         for layer in layers.values():
             layer.train()
+        if graphs:
+            fns = {k: captured(train_step(v), [xg, *v.parameters()]) for k, v in layers.items()}
+            for name, t in median_graph_times(fns, repeats).items():
+                row[("train", name)] = t
+            for layer in layers.values():
+                layer.eval()
+            with torch.no_grad():
+                fns = {k: captured(eval_step(v), []) for k, v in layers.items()}
+            for name, t in median_graph_times(fns, repeats).items():
+                row[("eval", name)] = t
+            rows.append(row)
+            del fns
+            continue
         for name, t in median_times({k: train_step(v) for k, v in layers.items()}, device, repeats).items():
             row[("train", name)] = t
         for layer in layers.values():
@@ -182,12 +231,12 @@ def bench_end_to_end(device, repeats, batch=64, compile_too=False):
     return result["sn"] / result["bn"]
 
 
-RESNET50_VARIANTS = {"bn": None, "sn": "torch", "sn triton": "triton"}  # name: SN's implementation
+RESNET50_VARIANTS = {"bn": None, "sn": "auto", "sn torch ops": "torch"}  # name: SN's implementation
 
 
 def bench_resnet50(device, repeats, batch=32, size=224, variants=RESNET50_VARIANTS):
-    """torchvision's ResNet-50 training step (GPUs): BN, SN on PyTorch operations, SN on the Triton
-    kernels; images/s and ratios to BN."""
+    """torchvision's ResNet-50 training step (GPUs): BN, SN as it runs there (the Triton kernels
+    on CUDA), SN on PyTorch operations; images/s and ratios to BN."""
     import torchvision
 
     x = torch.randn(batch, 3, size, size, device=device)
@@ -298,9 +347,9 @@ def main(argv=None):
           f"{args.repeats}")
     if device.type == "cpu":
         print(f"# SN (ours) on the CPU: C kernels {SNN.status()}")
-    else:  # the C kernels are CPU-only: "SN (ours)" is the PyTorch-operation path there; add the Triton one
-        LAYERS.pop("SN torch ops (ours)")
-        LAYERS["SN triton (ours)"] = functools.partial(sn.SwitchNorm2d, implementation="triton")
+    else:  # "SN (ours)" runs the Triton kernels on CUDA (sn.functional.triton_by_default)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        print(f"# SN (ours) on this GPU: {'Triton kernels' if SNF.triton_device(index) else 'PyTorch operations'}")
     shapes = args.shapes or (GPU_SHAPES if device.type == "cuda" else SHAPES)
     if args.compile:
         LAYERS["BatchNorm2d compiled"] = compiled(LAYERS["BatchNorm2d"])
@@ -313,7 +362,7 @@ def main(argv=None):
     evalr = print_table(rows, "eval", "time")
     memory = print_table(rows, "memory", "memory")
     # channels_last inputs (every layer keeps the format)
-    cl_names = ["BatchNorm2d", "SN (ours)"] + (["SN triton (ours)"] if device.type == "cuda" else [])
+    cl_names = ["BatchNorm2d", "SN torch ops (ours)", "SN (ours)"]
     cl_rows = bench_layers(device, args.repeats, shapes, dtype, names=cl_names, memory_format=torch.channels_last)
     cl_train = print_table(cl_rows, "train", "time", cl_names, "train, channels_last input")
     cl_eval = print_table(cl_rows, "eval", "time", cl_names, "eval, channels_last input")
@@ -321,10 +370,18 @@ def main(argv=None):
                f"eval median {evalr['SN (ours)']:.2f}x BN",
                f"saved memory median {memory['SN (ours)']:.2f}x BN",
                f"channels_last train median {cl_train['SN (ours)']:.2f}x BN, eval {cl_eval['SN (ours)']:.2f}x BN"]
-    if device.type == "cuda":
-        summary.append(f"triton train median {train['SN triton (ours)']:.2f}x BN, eval {evalr['SN triton (ours)']:.2f}x "
-                       f"BN, channels_last train {cl_train['SN triton (ours)']:.2f}x BN, eval "
-                       f"{cl_eval['SN triton (ours)']:.2f}x BN")
+    if device.type == "cuda":  # the kernels' own time: each call replayed from a CUDA graph
+        g_names = ["BatchNorm2d", "GroupNorm(32)", "SN torch ops (ours)", "SN (ours)"]
+        for layout, fmt in (("", torch.contiguous_format), (", channels_last", torch.channels_last)):
+            g_rows = bench_layers(device, args.repeats, shapes, dtype, names=g_names, memory_format=fmt, graphs=True)
+            g_train = print_table(g_rows, "train", "time", g_names, f"train, CUDA graph replay{layout} (device time)")
+            g_eval = print_table(g_rows, "eval", "time", g_names, f"eval, CUDA graph replay{layout} (device time)")
+            summary.append(f"CUDA graphs{layout}: train median {g_train['SN (ours)']:.2f}x BN (max "
+                           f"{max(r[('train', 'SN (ours)')] / r[('train', 'BatchNorm2d')] for r in g_rows):.2f}x), "
+                           f"eval {g_eval['SN (ours)']:.2f}x BN")
+    summary.append(f"torch ops path train median {train['SN torch ops (ours)']:.2f}x BN, eval "
+                   f"{evalr['SN torch ops (ours)']:.2f}x BN, channels_last train {cl_train['SN torch ops (ours)']:.2f}x "
+                   f"BN, eval {cl_eval['SN torch ops (ours)']:.2f}x BN")
     if args.compile:
         for kind, table in (("train", train), ("eval", evalr)):
             summary.append(f"compiled {kind} median {table['SN compiled (ours)']:.2f}x BN "

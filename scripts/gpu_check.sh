@@ -6,12 +6,15 @@
 #   bash scripts/gpu_check.sh [OUTPUT_DIR]     # default gpu-check/; PYTHON=... to pick the interpreter
 #   STEPS="tests bench-float32" bash scripts/gpu_check.sh $OUT   # some of the steps below only
 #
-# 1. tests/test_sn_cuda.py and tests/test_sn_triton.py on the GPU (the Triton kernels against
-#    float64 maths and the PyTorch-operation path, no host synchronization per step);
-# 2. bench/bench_sn.py --device cuda: BN, GN, SN on PyTorch operations and on Triton, at the
-#    CPU shapes and ResNet-50's stage shapes, contiguous and channels_last, a ResNet-50 step;
-# 3. the same tables in bfloat16 (the input; parameters float32, as under autocast);
-# 4. torch.compile'd BN and SN beside them at two shapes (compiling every shape would take long).
+# 1. tests: tests/test_sn_cuda.py and tests/test_sn_triton.py on the GPU (the Triton kernels
+#    against float64 maths and the PyTorch-operation path, no host synchronization per step,
+#    a training step replayed from a CUDA graph);
+# 2. bench-float32: bench/bench_sn.py --device cuda: BN, GN, SN on PyTorch operations and as it
+#    runs by default (the Triton kernels), at the CPU shapes and ResNet-50's stage shapes,
+#    contiguous and channels_last, eager and replayed from CUDA graphs, a ResNet-50 step;
+# 3. host-profile: bench/host_profile.py, where a layer's host time goes (cProfile, launch costs);
+# 4. bench-bfloat16: the tables in bfloat16 (the input; parameters float32, as under autocast);
+# 5. bench-compiled: torch.compile'd BN and SN beside them at two shapes (every shape would take long).
 # Each step's output goes to OUTPUT_DIR/<step>.log; a failing or overlong step does not stop the others.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,7 +29,7 @@ print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,utilization.gpu --format=csv \
     >>"$OUTDIR/device.log" 2>&1
 status=0
-STEPS=" ${STEPS:-tests bench-float32 bench-bfloat16 bench-compiled} "  # (a subset: STEPS="tests bench-float32")
+STEPS=" ${STEPS:-tests bench-float32 host-profile bench-bfloat16 bench-compiled} "  # (some: STEPS="tests")
 step() {  # step NAME SECONDS COMMAND...: COMMAND's output to OUTDIR/NAME.log, killed after SECONDS
     local name=$1 limit=$2 t0=$SECONDS
     shift 2
@@ -40,8 +43,9 @@ step() {  # step NAME SECONDS COMMAND...: COMMAND's output to OUTDIR/NAME.log, k
 # (limits sized so that the whole script fits a 10-minute slot on an H200; raise them with SCALE=2)
 S=${SCALE:-1}
 step tests $((150 * S)) "$PY" -m pytest -q -p no:cacheprovider tests/test_sn_cuda.py tests/test_sn_triton.py
-step bench-float32 $((200 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25
-step bench-bfloat16 $((90 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25 --dtype bfloat16 --no-e2e
+step bench-float32 $((180 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25
+step host-profile $((40 * S)) "$PY" -m bench.host_profile
+step bench-bfloat16 $((80 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25 --dtype bfloat16 --no-e2e
 step bench-compiled $((120 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25 --compile --no-e2e \
     --shapes 8x64x56,32x256x56
 exit $status

@@ -2,16 +2,17 @@
 
 :class:`sn.SwitchNorm` holds parameters and buffers and calls :func:`switch_norm`, as
 PyTorch's norm modules call ``torch.nn.functional``. :func:`select_implementation` decides,
-from the call's context, which of four implementations runs:
+from the call's context, which of five implementations runs:
 
 ==================  ======================================================================
 ``"native"``        the C kernels (:mod:`sn.native`): eager float32/float64 on CPUs
 ``"native-op"``     the same kernels as custom operators (:mod:`sn.native_ops`), under
                     ``torch.compile`` on CPUs
-``"torch"``         PyTorch operations in BatchNorm's passes (:mod:`sn.fused`): GPUs, and
-                    CPUs without a C compiler
+``"torch"``         PyTorch operations in BatchNorm's passes (:mod:`sn.fused`): other GPU
+                    tensors (float64, older GPUs, no triton), CPUs without a C compiler
 ``"triton"``        seven Triton kernels a training step, the mixing fused into them
-                    (:mod:`sn.triton_path`): CUDA tensors, opt-in until measured
+                    (:mod:`sn.triton_path`): float32/float16/bfloat16 CUDA tensors on
+                    GPUs of compute capability 8.0+ (:func:`triton_by_default`)
 ``"composite"``     plain differentiable operations (:mod:`sn.composite`): tracing
                     (``torch.jit.trace``, ``torch.export``, ONNX export), ``torch.func``
                     transforms, synchronized SN across processes, ``torch.compile`` where
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import warnings
 from typing import Optional, Sequence
@@ -69,7 +71,8 @@ def implementation(name: str):
         with sn.implementation("torch"):    # the PyTorch-operation paths, also on CPUs
             model(x)
 
-    ``name``: ``"auto"`` (the C kernels where they apply, else PyTorch operations), ``"native"``
+    ``name``: ``"auto"`` (the C kernels on CPUs and the Triton kernels on CUDA where they apply,
+    else PyTorch operations), ``"native"``
     (the C kernels; an error where they cannot run), ``"torch"``, ``"triton"`` (Triton kernels
     for CUDA tensors; an error elsewhere) or ``"composite"``. A layer's own ``implementation=``
     argument takes precedence.
@@ -114,6 +117,8 @@ def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional
     if wanted == "triton":
         _check_triton(x3)
         return "triton"
+    if wanted == "auto" and triton_by_default(x3):
+        return "triton"
     if wanted in ("auto", "native") and SNN.takes(x3):
         return "native"
     if wanted == "native":
@@ -123,6 +128,27 @@ def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional
 
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TRITON_MIN_CAPABILITY = (8, 0)  # (Ampere: what the kernels were compiled and checked for, sm_80 and sm_90)
+
+
+def triton_by_default(x3: Tensor) -> bool:
+    """Whether ``"auto"`` runs SN on ``x3`` with the Triton kernels: a float32, float16 or
+    bfloat16 CUDA tensor on an NVIDIA GPU of compute capability 8.0 or later, with the triton
+    package importable. They were measured ahead of the PyTorch-operation path on an H200
+    (``docs/performance.md``); other tensors keep the PyTorch-operation path."""
+    return x3.is_cuda and x3.dtype in _TRITON_DTYPES and triton_device(x3.device.index)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_device(index: int) -> bool:
+    """Whether CUDA device ``index`` takes the Triton kernels by default (asked once per device)."""
+    if torch.version.hip is not None or torch.cuda.get_device_capability(index) < TRITON_MIN_CAPABILITY:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _check_triton(x3: Tensor) -> None:
@@ -272,7 +298,7 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
                  stats, num_groups, devices, sync, process_group, requested):
     n, c = input.shape[0], input.shape[1]
     x3 = input.reshape(n, c, -1)  # (N, C, L)
-    if x3.dtype not in _FULL_PRECISION and preference(requested) != "triton":
+    if x3.dtype not in _FULL_PRECISION and not x3.is_cuda and preference(requested) != "triton":
         x3 = x3.float()  # half / bfloat16: statistics in float32 (the Triton kernels read them as they are)
     use_batch = "bn" in stats and (training or running_mean is None)
     bn_mean, bn_var = (None, None) if use_batch or "bn" not in stats else (running_mean, running_var)

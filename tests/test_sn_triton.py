@@ -254,10 +254,45 @@ def test_sparsestmax_selection(radius):
 
 
 @kernels
-def test_the_triton_path_is_taken_and_is_opt_in(monkeypatch):
+def test_the_triton_path_is_taken_where_asked_and_by_default_on_cuda():
     x3 = _input(torch.float32, False).reshape(4, 8, -1)
     assert SNF.select_implementation(x3, requested="triton") == "triton"
-    assert SNF.select_implementation(x3) != "triton"  # "auto" never picks it (no GPU measurement yet)
+    with sn.implementation("triton"):
+        assert SNF.select_implementation(x3) == "triton"
+    if not ON_GPU:  # (CPU tensors in the interpreter: "auto" keeps the C kernels or PyTorch operations)
+        assert SNF.select_implementation(x3) in ("native", "torch")
+        return
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # measured ahead of the torch path on an H200
+        assert SNF.select_implementation(x3.to(dtype)) == "triton", dtype
+    assert SNF.select_implementation(x3.double()) == "torch"  # (float64: the PyTorch-operation path)
+    assert SNF.select_implementation(x3, requested="torch") == "torch"
+    with sn.implementation("torch"):
+        assert SNF.select_implementation(x3) == "torch"
+    assert SNF.select_implementation(x3, sync=True) == "composite"
+
+
+def test_which_gpus_take_the_triton_kernels_by_default(monkeypatch):
+    """Compute capability 8.0 or later (what the kernels are compiled and checked for), CUDA
+    rather than ROCm builds of torch, and the triton package importable; asked once per device."""
+    capability = {}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
+    SNF.triton_device.cache_clear()
+    try:
+        capability.update({0: (9, 0), 1: (8, 0), 2: (7, 5), 3: (8, 6)})
+        assert [SNF.triton_device(i) for i in range(4)] == [True, True, False, True]
+        capability[0] = (7, 0)
+        assert SNF.triton_device(0)  # (cached: asked once per device)
+        SNF.triton_device.cache_clear()
+        monkeypatch.setattr(torch.version, "hip", "6.2", raising=False)
+        assert not SNF.triton_device(1)
+        monkeypatch.setattr(torch.version, "hip", None, raising=False)
+        SNF.triton_device.cache_clear()
+        monkeypatch.setitem(sys.modules, "triton", None)  # (import triton raises ImportError)
+        assert not SNF.triton_device(1)
+    finally:
+        SNF.triton_device.cache_clear()
+    cpu = torch.randn(2, 4, 3)
+    assert not SNF.triton_by_default(cpu) and SNF.select_implementation(cpu) != "triton"
 
 
 FORWARD = ["triton:row_moments_kernel", "triton:pool_kernel", "triton:mix_apply_kernel"]
