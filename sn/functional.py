@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib.util
 import os
 import warnings
 from typing import Optional, Sequence
@@ -113,7 +114,12 @@ def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional
     if sync or traced_context() is not None:
         return "composite"
     if torch.compiler.is_compiling():
-        return "native-op" if wanted in ("auto", "native") and SNN.loaded_for(x3) else "composite"
+        if wanted in ("auto", "native") and SNN.loaded_for(x3):
+            return "native-op"
+        if wanted == "triton" or (wanted == "auto" and triton_by_default(x3)):
+            _check_triton(x3)
+            return "triton-op"
+        return "composite"
     if wanted == "triton":
         _check_triton(x3)
         return "triton"
@@ -128,27 +134,28 @@ def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional
 
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_HAS_TRITON = importlib.util.find_spec("triton") is not None  # (without importing it)
 TRITON_MIN_CAPABILITY = (8, 0)  # (Ampere: what the kernels were compiled and checked for, sm_80 and sm_90)
 
 
 def triton_by_default(x3: Tensor) -> bool:
     """Whether ``"auto"`` runs SN on ``x3`` with the Triton kernels: a float32, float16 or
     bfloat16 CUDA tensor on an NVIDIA GPU of compute capability 8.0 or later, with the triton
-    package importable. They were measured ahead of the PyTorch-operation path on an H200
+    package installed. They were measured ahead of the PyTorch-operation path on an H200
     (``docs/performance.md``); other tensors keep the PyTorch-operation path."""
-    return x3.is_cuda and x3.dtype in _TRITON_DTYPES and triton_device(x3.device.index)
+    if not (x3.is_cuda and x3.dtype in _TRITON_DTYPES):
+        return False
+    # (under torch.compile, the uncached check: the device's properties are constants there)
+    return (triton_device.__wrapped__ if torch.compiler.is_compiling() else triton_device)(x3.device.index)
 
 
 @functools.lru_cache(maxsize=None)
 def triton_device(index: int) -> bool:
     """Whether CUDA device ``index`` takes the Triton kernels by default (asked once per device)."""
-    if torch.version.hip is not None or torch.cuda.get_device_capability(index) < TRITON_MIN_CAPABILITY:
+    if torch.version.hip is not None or not _HAS_TRITON:
         return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    properties = torch.cuda.get_device_properties(index)
+    return (properties.major, properties.minor) >= TRITON_MIN_CAPABILITY
 
 
 def _check_triton(x3: Tensor) -> None:
@@ -306,7 +313,7 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
     count = (n // config.devices) * x3.shape[2]  # elements per channel in one BN chunk
     world = SND.group_size(process_group) if sync and use_batch else 1
     path = select_implementation(x3, sync=world > 1, requested=requested)
-    if path != "triton" and x3.dtype not in _FULL_PRECISION:
+    if path not in ("triton", "triton-op") and x3.dtype not in _FULL_PRECISION:
         x3 = x3.float()
     args = (x3, mean_weight, var_weight, weight, bias, config, bn_mean, bn_var)
     if path == "native":
@@ -315,6 +322,9 @@ def _switch_norm(input, mean_weight, var_weight, running_mean, running_var, weig
         out, moments = SNN.switch_norm(*args, needs_grad=needs_grad)
     elif path == "native-op":
         out, moments = SNO.switch_norm(*args)
+    elif path == "triton-op":
+        from . import triton_ops  # (imports triton: only when asked for)
+        out, moments = triton_ops.switch_norm(*args)
     elif path == "triton":
         from . import triton_path  # (imports triton: only when asked for)
         running = None

@@ -202,13 +202,13 @@ def backward(g: Tensor, x3: Tensor, mean_logits: Tensor, var_logits: Tensor, wei
     in_dm, in_dv, ln_dm, ln_dv = torch.empty((4, n), **f32).unbind()  # IN's weighted sums, LN's sums (mean, var)
     gn_dm, gn_dv = torch.empty((2, n, p.groups), **f32).unbind() if has["gn"] else (in_dm, in_dm)
     bn_dm, bn_dv = torch.empty((2, p.devices, c), **f32).unbind() if has["bn"] else (in_dm, in_dm)
-    d_weight, d_bias = torch.empty((2, c), **f32).unbind()
+    d_weight, d_bias = torch.empty(c, **f32), torch.empty(c, **f32)  # (distinct: sn.triton_ops returns them)
     w = weight if weight is not None else saved.mean_in
     K.mix_grad_kernel[p.grad_grid](
         saved.mean_in, saved.var_in, saved.mu, saved.rstd, s_g, s_gx, w, in_dm, in_dv, ln_dm, ln_dv, gn_dm, gn_dv,
         bn_dm, bn_dv, d_weight, d_bias, n, c, p.groups, p.group_size, p.devices, p.samples, p.grad_samples,
         HAS_IN=has["in"], HAS_LN=has["ln"], HAS_GN=has["gn"], HAS_BN=has["bn"], HAS_W=weight is not None, **p.tiles)
-    d_mean_logits, d_var_logits = torch.empty((2, p.k), **f32).unbind()
+    d_mean_logits, d_var_logits = torch.empty(p.k, **f32), torch.empty(p.k, **f32)
     K.logit_grad_kernel[(1,)](mean_logits, var_logits, d_mean_logits, d_var_logits, in_dm, in_dv, *saved.ln, ln_dm,
                               ln_dv, *saved.gn, gn_dm, gn_dv, *saved.bn, bn_dm, bn_dv, n, n * p.groups, p.devices * c,
                               K=p.k, **p.positions,

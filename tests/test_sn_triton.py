@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -127,6 +128,68 @@ def _against_composite(layer, x, tol=2e-5, double_backward=False):
     for name, buf in layer.named_buffers():
         torch.testing.assert_close(buf.double(), getattr(twin, name).double(), atol=tol, rtol=tol, msg=name)
     return twin, got, want
+
+
+@kernels
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("stats,devices,groups", CASES)
+def test_compiled_layer_runs_the_triton_operators(stats, devices, groups, channels_last):
+    """Under torch.compile the layer is one graph holding the custom operators
+    switchnorm::triton_forward/backward (sn.triton_ops), and matches the composite form in
+    float64: outputs, gradients, running statistics (updated in the graph), eval."""
+    torch._dynamo.reset()
+    layer = _layer(stats, devices, groups)
+    x = _input(torch.float32, channels_last)
+    explained = torch._dynamo.explain(copy.deepcopy(layer))(x.clone().requires_grad_())
+    assert explained.graph_break_count == 0, explained.break_reasons
+    targets = [str(node.target) for graph in explained.graphs for node in graph.graph.nodes]
+    assert any("switchnorm.triton_forward" in t for t in targets), targets
+    twin = copy.deepcopy(layer).double()
+    twin.implementation = "composite"
+    compiled = torch.compile(layer)
+    for step in range(2):
+        xs = (x * (step + 1) + step).requires_grad_()
+        x64 = xs.detach().double().requires_grad_()
+        out, ref = compiled(xs), twin(x64)
+        torch.testing.assert_close(out.double(), ref.detach(), atol=2e-5, rtol=2e-5)
+        grad = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(step)).to(DEVICE)
+        names = [name for name, _ in layer.named_parameters()]
+        got = torch.autograd.grad(out, [xs] + [getattr(layer, n) for n in names], grad.float())
+        want = torch.autograd.grad(ref, [x64] + [getattr(twin, n) for n in names], grad)
+        for name, a, b in zip(["x"] + names, got, want):
+            torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4, msg=name)
+    for name, buf in layer.named_buffers():
+        torch.testing.assert_close(buf.double(), getattr(twin, name).double(), atol=1e-5, rtol=1e-5, msg=name)
+    layer.eval(), twin.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x).double(), twin(x.double()), atol=2e-5, rtol=2e-5)
+
+
+@kernels
+@pytest.mark.parametrize("stats,devices,running,affine", [
+    (("in", "ln", "bn"), 1, False, True), (("in", "ln", "bn", "gn"), 2, False, True),
+    (("in", "ln", "bn"), 2, True, False), (("ln", "gn"), 1, False, True)])
+def test_triton_operators_pass_opcheck(stats, devices, running, affine):
+    """torch.library.opcheck on the operators: schema, fake-tensor shapes against the real
+    outputs, the autograd registration and AOT dispatch (static and dynamic shapes)."""
+    from sn import triton_ops as SNT
+
+    g = torch.Generator().manual_seed(4)
+    n, c = 4, 8
+    x = (torch.randn(n, c, 6, generator=g) * 2 + 3).to(DEVICE).requires_grad_()
+    params = [torch.randn(len(stats), generator=g).to(DEVICE).requires_grad_() for _ in range(2)]
+    affine_params = [(torch.rand(c, generator=g) + 0.5).to(DEVICE).requires_grad_() for _ in range(2)] \
+        if affine else [None, None]
+    bn = [torch.randn(c, generator=g).to(DEVICE), (torch.rand(c, generator=g) + 0.5).to(DEVICE)] \
+        if running else [None, None]
+    ops = [SNT.OP_CODES[op] for op in stats]
+    args = (x, *params, *affine_params, *bn, ops, 1e-5, 4 if "gn" in stats else 1, devices if not running else 1)
+    torch.library.opcheck(SNT.forward_op, args)
+    out, *saved = SNT.forward_op(*args)
+    grad = torch.randn(out.shape, generator=g).to(DEVICE)
+    torch.library.opcheck(SNT.backward_op, (grad, x.detach(), params[0].detach(), params[1].detach(),
+                                            None if affine_params[0] is None else affine_params[0].detach(),
+                                            *bn, [t.detach() for t in saved], *args[7:], True))
 
 
 TILINGS = [  # (module constants of sn.triton_path): real sizes, and tiles small enough that every loop turns
@@ -275,7 +338,8 @@ def test_which_gpus_take_the_triton_kernels_by_default(monkeypatch):
     """Compute capability 8.0 or later (what the kernels are compiled and checked for), CUDA
     rather than ROCm builds of torch, and the triton package importable; asked once per device."""
     capability = {}
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: SimpleNamespace(major=capability[index][0], minor=capability[index][1]))
     SNF.triton_device.cache_clear()
     try:
         capability.update({0: (9, 0), 1: (8, 0), 2: (7, 5), 3: (8, 6)})
@@ -287,7 +351,7 @@ def test_which_gpus_take_the_triton_kernels_by_default(monkeypatch):
         assert not SNF.triton_device(1)
         monkeypatch.setattr(torch.version, "hip", None, raising=False)
         SNF.triton_device.cache_clear()
-        monkeypatch.setitem(sys.modules, "triton", None)  # (import triton raises ImportError)
+        monkeypatch.setattr(SNF, "_HAS_TRITON", False)  # (no triton package)
         assert not SNF.triton_device(1)
     finally:
         SNF.triton_device.cache_clear()
