@@ -4,8 +4,8 @@ Luo, Ren, Peng, Zhang, Li: "Differentiable Learning-to-Normalize via Switchable
 Normalization", ICLR 2019. Depends on torch only; on CPUs it builds its C kernels
 (sn/native.py) with the system C compiler on first use, and runs without them if there is none.
 The layers call :func:`switch_norm` (sn/functional.py), where one function picks the
-implementation for the call's context: C kernels, PyTorch operations, opt-in Triton kernels on
-CUDA, or plain differentiable operations for tracing, export and ``torch.func``.
+implementation for the call's context: C kernels on CPUs, Triton kernels on CUDA, PyTorch
+operations elsewhere, or plain differentiable operations for tracing, export and ``torch.func``.
 """
 from .batchnorm import PerDeviceBatchNorm
 from .convert import SwitchNormAct, SwitchNormAct2d, convert, set_devices

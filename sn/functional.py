@@ -2,7 +2,7 @@
 
 :class:`sn.SwitchNorm` holds parameters and buffers and calls :func:`switch_norm`, as
 PyTorch's norm modules call ``torch.nn.functional``. :func:`select_implementation` decides,
-from the call's context, which of five implementations runs:
+from the call's context, which of six implementations runs:
 
 ==================  ======================================================================
 ``"native"``        the C kernels (:mod:`sn.native`): eager float32/float64 on CPUs
@@ -13,6 +13,8 @@ from the call's context, which of five implementations runs:
 ``"triton"``        seven Triton kernels a training step, the mixing fused into them
                     (:mod:`sn.triton_path`): float32/float16/bfloat16 CUDA tensors on
                     GPUs of compute capability 8.0+ (:func:`triton_by_default`)
+``"triton-op"``     the same kernels as custom operators (:mod:`sn.triton_ops`), under
+                    ``torch.compile`` where ``"triton"`` would run eagerly
 ``"composite"``     plain differentiable operations (:mod:`sn.composite`): tracing
                     (``torch.jit.trace``, ``torch.export``, ONNX export), ``torch.func``
                     transforms, synchronized SN across processes, ``torch.compile`` where
@@ -107,9 +109,11 @@ def traced_context() -> Optional[str]:
 
 
 def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional[str] = None) -> str:
-    """``"native"``, ``"native-op"``, ``"torch"`` or ``"composite"`` for SN on ``x3`` (the
-    ``(N, C, L)`` view, already float32/float64) in the current context (see the module
-    docstring). Raises ``ValueError`` when ``"native"`` is requested where it cannot run."""
+    """``"native"``, ``"native-op"``, ``"triton"``, ``"triton-op"``, ``"torch"`` or ``"composite"``
+    for SN on ``x3`` (the ``(N, C, L)`` view: float32/float64, or on CUDA also float16/bfloat16,
+    which the Triton kernels read as they are) in the current context (see the module
+    docstring). Raises ``ValueError`` when ``"native"`` or ``"triton"`` is requested where it
+    cannot run."""
     wanted = preference(requested)
     if sync or traced_context() is not None:
         return "composite"

@@ -81,7 +81,8 @@ class SwitchNorm(nn.Module):
         process_group: the group ``sync`` reduces over. Default: the world
         implementation: the preferred implementation of this layer's calls, ``"auto"``,
             ``"native"`` (the C kernels), ``"torch"`` (PyTorch operations), ``"triton"``
-            (Triton kernels for CUDA tensors, opt-in) or ``"composite"``
+            (Triton kernels for CUDA tensors: what ``"auto"`` runs on GPUs of compute
+            capability 8.0+) or ``"composite"``
             (plain differentiable operations); ``None`` defers to :func:`sn.implementation`
             and the environment. Tracing, export and ``torch.func`` always take
             ``"composite"`` (see :mod:`sn.functional`). Default: ``None``

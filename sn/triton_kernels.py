@@ -1,4 +1,4 @@
-"""SN for CUDA tensors as seven Triton kernels (opt-in: ``implementation="triton"``).
+"""SN for CUDA tensors as seven Triton kernels (the default on GPUs of compute capability 8.0+).
 
 A training step is three launches forward and four backward, however many statistics are
 mixed; every ``(N, C)``-sized step (Eqn. 3-5, the softmax, the Appendix's backward and the
