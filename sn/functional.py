@@ -140,14 +140,15 @@ def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None  # (without importing it)
 TRITON_MIN_CAPABILITY = (8, 0)  # (Ampere: what the kernels were compiled and checked for, sm_80 and sm_90)
+_TRITON_MAX_ROWS = 2**31 - 64  # (sn.triton_path.MAX_ROWS_INDEX: N * C the kernels index in int32)
 
 
 def triton_by_default(x3: Tensor) -> bool:
     """Whether ``"auto"`` runs SN on ``x3`` with the Triton kernels: a float32, float16 or
-    bfloat16 CUDA tensor on an NVIDIA GPU of compute capability 8.0 or later, with the triton
-    package installed. They were measured ahead of the PyTorch-operation path on an H200
+    bfloat16 CUDA tensor (of fewer than 2**31 rows N * C) on an NVIDIA GPU of compute capability
+    8.0 or later, with the triton package installed. They were measured ahead of the PyTorch-operation path on an H200
     (``docs/performance.md``); other tensors keep the PyTorch-operation path."""
-    if not (x3.is_cuda and x3.dtype in _TRITON_DTYPES):
+    if not (x3.is_cuda and x3.dtype in _TRITON_DTYPES and x3.shape[0] * x3.shape[1] <= _TRITON_MAX_ROWS):
         return False
     # (under torch.compile, the uncached check: the device's properties are constants there)
     return (triton_device.__wrapped__ if torch.compiler.is_compiling() else triton_device)(x3.device.index)

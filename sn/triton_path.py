@@ -30,6 +30,8 @@ _CHANNEL_TILE = 32  # channels per program of the per-channel (BN, affine) sums
 _ROW_TILE = 1024  # pixels per step of the passes over the data
 _MAX_ROWS = 32  # rows (sample, channel) per step
 _TILE_ELEMENTS = 2048  # elements per step
+_MAX_GRID_Y = 65535  # CUDA's limit on a grid's second axis (the output kernels' tiles along a row)
+MAX_ROWS_INDEX = 2**31 - 64  # N * C at most: the kernels index rows (sample, channel) in int32
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -44,7 +46,8 @@ def _pow2(v: int, cap: int) -> int:
 
 def _blocks(n: int, c: int, l: int, channels_last: bool) -> Tuple[int, int, int]:
     """``(ROWS, BLOCK, STEPS)`` of the passes over the data: tiles of ROWS rows by BLOCK pixels
-    (up to 2048 elements), STEPS tiles along the rows a program of the output kernels. The tile
+    (up to 2048 elements), STEPS tiles along the rows a program of the output kernels (4, or more
+    where the row has over 65535 * 4 tiles, the grid's limit). The tile
     runs along the contiguous axis: the pixels for NCHW (BLOCK up to 1024, and as many rows as
     fill the tile, up to 32), the channels for channels_last (up to 32 channels, a 128-byte line
     of float32 at each pixel, and as many pixels as fill the tile), so that a warp's loads are
@@ -56,7 +59,8 @@ def _blocks(n: int, c: int, l: int, channels_last: bool) -> Tuple[int, int, int]
     else:
         block = _pow2(l, _ROW_TILE)
         rows = max(1, min(_MAX_ROWS, _TILE_ELEMENTS // block))
-    return rows, block, min(4, _cdiv(l, block))
+    tiles = _cdiv(l, block)
+    return rows, block, max(min(4, tiles), _cdiv(tiles, _MAX_GRID_Y))
 
 
 class _Plan(NamedTuple):
@@ -89,6 +93,9 @@ class _Plan(NamedTuple):
 
 @functools.lru_cache(maxsize=1024)
 def _cached_plan(n, c, l, strides, stats, groups, devices, batch_bn, constants) -> _Plan:
+    if n * c > MAX_ROWS_INDEX:
+        raise ValueError(f"sn's Triton kernels take at most 2**31 - 64 rows (N * C), got N={n}, C={c}: use "
+                         f"implementation='torch'")
     index = {op: (stats.index(op) if op in stats else -1) for op in ("in", "ln", "gn", "bn")}
     has = {op: i >= 0 for op, i in index.items()}
     devices = devices if batch_bn else 1
@@ -113,7 +120,7 @@ def _plan(x3: Tensor, config: Config, bn_mean: Optional[Tensor]) -> _Plan:
     # (the tile constants are part of the key: the tests set them small to turn every loop)
     return _cached_plan(n, c, l, x3.stride(), config.stats, config.num_groups, config.devices,
                         "bn" in config.stats and bn_mean is None,
-                        (_TILE, _CHANNEL_TILE, _ROW_TILE, _MAX_ROWS, _TILE_ELEMENTS))
+                        (_TILE, _CHANNEL_TILE, _ROW_TILE, _MAX_ROWS, _TILE_ELEMENTS, _MAX_GRID_Y))
 
 
 class _Forward(NamedTuple):

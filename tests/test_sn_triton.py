@@ -194,8 +194,25 @@ def test_triton_operators_pass_opcheck(stats, devices, running, affine):
 
 TILINGS = [  # (module constants of sn.triton_path): real sizes, and tiles small enough that every loop turns
     {},
-    {"_TILE": 2, "_CHANNEL_TILE": 2, "_ROW_TILE": 4, "_MAX_ROWS": 2, "_TILE_ELEMENTS": 8},
+    {"_TILE": 2, "_CHANNEL_TILE": 2, "_ROW_TILE": 4, "_MAX_ROWS": 2, "_TILE_ELEMENTS": 8, "_MAX_GRID_Y": 2},
 ]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("n,c,l", [(1, 32, 4096 * 4096), (2, 64, 256**3), (1, 3, 2**31 - 1), (8, 64, 56 * 56)])
+def test_plans_stay_within_the_grid_limits(n, c, l, channels_last):
+    """The output kernels' grid keeps its second axis (tiles along a row) within CUDA's 65535 by
+    giving each program more tiles on long rows (4096 x 4096 maps, 256**3 volumes); every pixel
+    is covered; more than 2**31 - 64 rows (N * C) is a clear error."""
+    from sn import triton_path as TP
+
+    strides = (c * l, 1, c) if channels_last else (c * l, l, 1)
+    plan = TP._cached_plan(n, c, l, strides, ("in", "ln", "bn"), 1, 1, True, ())
+    assert plan.out_grid[1] <= 65535 and plan.row_grid[0] <= 2**31 - 1, plan
+    assert plan.out_grid[1] * plan.steps * plan.block >= l and plan.out_grid[0] * plan.rows >= n * c
+    assert plan.steps == min(4, -(-l // plan.block)) or plan.out_grid[1] > 65535 // 2  # (more only where needed)
+    with pytest.raises(ValueError, match=r"at most 2\*\*31 - 64 rows \(N \* C\), got N=65536, C=32768"):
+        TP._cached_plan(65536, 32768, 1, (32768, 1, 1), ("in",), 1, 1, False, ())
 
 
 @kernels
@@ -207,6 +224,7 @@ TILINGS = [  # (module constants of sn.triton_path): real sizes, and tiles small
     (("in",), 1, None, (2, 6, 4, 3)),
     (("bn", "in"), 1, None, (1, 6, 5, 5)),  # batch size 1
     (("in", "ln", "bn"), 1, None, (3, 20, 1, 1)),  # 1x1 maps
+    (("in", "ln", "bn"), 1, None, (2, 4, 9, 9)),  # small tiles: 21 along a row, 11 a program (grid limit 2)
 ])
 def test_every_loop_and_set_size(monkeypatch, tiles, stats, devices, groups, shape):
     """Sets whose sizes are no power of two and tiles smaller than the sets (so that every loop in
