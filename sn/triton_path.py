@@ -140,6 +140,11 @@ def _check(x3: Tensor) -> None:
         raise ValueError(f"sn's Triton kernels take float32, float16 or bfloat16 tensors, got {x3.dtype}")
 
 
+def _elsewhere(x3: Tensor) -> bool:
+    """Whether ``x3`` is on a CUDA device other than the current one."""
+    return x3.is_cuda and x3.device.index != torch.cuda.current_device()
+
+
 def dense(x3: Tensor) -> Tensor:
     """``x3`` if it is laid out as contiguous or channels_last rows (so that ``empty_like`` gives
     an output with its strides, which the kernels write through), else a contiguous copy (e.g.
@@ -159,6 +164,9 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optiona
     _check(x3)
     if dense(x3) is not x3:
         raise ValueError("sn.triton_path.forward takes (N, C, L) rows laid out densely: pass dense(x3)")
+    if _elsewhere(x3):  # (Triton launches on the current device: a model on cuda:1 with cuda:0 current)
+        with torch.cuda.device(x3.device):
+            return forward(x3, mean_logits, var_logits, weight, bias, config, bn_mean, bn_var, running, save)
     p = _plan(x3, config, bn_mean)
     n, c, l = x3.shape
     has = p.has
@@ -198,6 +206,9 @@ def in_layout(g: Tensor, x3: Tensor) -> Tensor:
 def backward(g: Tensor, x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optional[Tensor],
              config: Config, bn_mean: Optional[Tensor], saved: _Forward, need_dx: bool = True):
     """``(dx or None, d_mean_logits, d_var_logits, d_weight, d_bias)`` in float32 (dx: x3's dtype)."""
+    if _elsewhere(x3):
+        with torch.cuda.device(x3.device):
+            return backward(g, x3, mean_logits, var_logits, weight, config, bn_mean, saved, need_dx)
     p = _plan(x3, config, bn_mean)
     n, c, l = x3.shape
     has = p.has

@@ -151,3 +151,23 @@ def test_cuda_training_step_replayed_from_a_cuda_graph_matches_eager(implementat
             torch.testing.assert_close(getattr(graphed, name).grad, p.grad, atol=1e-4, rtol=1e-4, msg=name)
         for name, b in eager.named_buffers():
             torch.testing.assert_close(getattr(graphed, name), b, msg=name)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_layer_on_a_device_other_than_the_current_one():
+    """A model moved to cuda:1 while cuda:0 is current (DDP without torch.cuda.set_device): the
+    Triton kernels must launch on the tensors' device, matching the CPU layer."""
+    torch.manual_seed(6)
+    cpu = sn.SwitchNorm2d(16, stats=("in", "ln", "bn", "gn"), num_groups=4)
+    gpu = sn.SwitchNorm2d(16, stats=("in", "ln", "bn", "gn"), num_groups=4).to("cuda:1")
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(4, 16, 9, 9) * 2 + 1
+    xc, xg = x.clone().requires_grad_(), x.to("cuda:1").requires_grad_()
+    with torch.cuda.device(0):
+        out_g = gpu(xg)
+        out_g.square().sum().backward()
+    out_c = cpu(xc)
+    out_c.square().sum().backward()
+    torch.testing.assert_close(out_g.cpu(), out_c, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(xg.grad.cpu(), xc.grad, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(gpu.running_var.cpu(), cpu.running_var, atol=1e-5, rtol=1e-5)
