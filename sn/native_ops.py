@@ -76,8 +76,22 @@ def _setup_context(ctx, inputs, output):
     x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var, ops, eps, num_groups, devices = inputs
     ctx.save_for_backward(x3, output[1], mean_logits, var_logits, weight, bn_mean, bn_var)
     ctx.config = (ops, eps, num_groups, devices)
-    ctx.dtypes = (mean_logits.dtype, var_logits.dtype, None if weight is None else weight.dtype,
-                  None if bias is None else bias.dtype)
+    ctx.dtypes = parameter_dtypes(mean_logits, var_logits, weight, bias)
+
+
+def parameter_dtypes(mean_logits, var_logits, weight, bias):
+    """What :func:`input_gradients` casts the parameters' gradients to."""
+    return (mean_logits.dtype, var_logits.dtype, None if weight is None else weight.dtype,
+            None if bias is None else bias.dtype)
+
+
+def input_gradients(ctx, d_x, d_ml, d_vl, d_w, d_b):
+    """The forward operator's gradients, for its 11 inputs (an autograd formula's return): those
+    asked for, the parameters' in their dtypes (``ctx.dtypes``)."""
+    needs, dtypes = ctx.needs_input_grad, ctx.dtypes
+    return (d_x if needs[0] else None, d_ml.to(dtypes[0]), d_vl.to(dtypes[1]),
+            d_w.to(dtypes[2]) if needs[3] else None, d_b.to(dtypes[3]) if needs[4] else None,
+            None, None, None, None, None, None)
 
 
 def _backward(ctx, grad_out, _grad_moments, _grad_bn):
@@ -86,10 +100,7 @@ def _backward(ctx, grad_out, _grad_moments, _grad_bn):
     needs = ctx.needs_input_grad
     d_x, d_ml, d_vl, d_w, d_b = backward_op(grad_out, x3, moments, mean_logits, var_logits, weight, bn_mean, bn_var,
                                             ops, eps, num_groups, devices, needs[0], needs[3] or needs[4])
-    dtypes = ctx.dtypes
-    return (d_x if needs[0] else None, d_ml.to(dtypes[0]), d_vl.to(dtypes[1]),
-            d_w.to(dtypes[2]) if needs[3] else None, d_b.to(dtypes[3]) if needs[4] else None,
-            None, None, None, None, None, None)
+    return input_gradients(ctx, d_x, d_ml, d_vl, d_w, d_b)
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from . import triton_path as TP
 from .config import Config
+from .native_ops import input_gradients, parameter_dtypes
 
 OP_CODES = {"in": 0, "ln": 1, "gn": 2, "bn": 3}
 _NAMES = {code: op for op, code in OP_CODES.items()}
@@ -104,19 +105,13 @@ def _setup_context(ctx, inputs, output):
     x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var, ops, eps, num_groups, devices = inputs
     ctx.save_for_backward(x3, mean_logits, var_logits, weight, bn_mean, bn_var, *output[1:])
     ctx.config = (ops, eps, num_groups, devices)
-    ctx.dtypes = (mean_logits.dtype, var_logits.dtype, None if weight is None else weight.dtype,
-                  None if bias is None else bias.dtype)
+    ctx.dtypes = parameter_dtypes(mean_logits, var_logits, weight, bias)
 
 
 def _backward(ctx, grad_out, *_unused):
     x3, mean_logits, var_logits, weight, bn_mean, bn_var, *saved = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    d_x, d_ml, d_vl, d_w, d_b = backward_op(grad_out, x3, mean_logits, var_logits, weight, bn_mean, bn_var, saved,
-                                            *ctx.config, needs[0])
-    dtypes = ctx.dtypes
-    return (d_x if needs[0] else None, d_ml.to(dtypes[0]), d_vl.to(dtypes[1]),
-            d_w.to(dtypes[2]) if needs[3] else None, d_b.to(dtypes[3]) if needs[4] else None,
-            None, None, None, None, None, None)
+    return input_gradients(ctx, *backward_op(grad_out, x3, mean_logits, var_logits, weight, bn_mean, bn_var, saved,
+                                             *ctx.config, ctx.needs_input_grad[0]))
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)
