@@ -166,6 +166,26 @@ def test_compiled_layer_runs_the_triton_operators(stats, devices, groups, channe
 
 
 @kernels
+def test_compiled_layer_with_dynamic_shapes_runs_the_triton_operators():
+    """torch.compile(dynamic=True, fullgraph=True): one graph for batch and map sizes that change
+    between calls, each call as in float64 (output, input gradient), and the running variance."""
+    torch._dynamo.reset()
+    layer = _layer(("in", "ln", "bn", "gn"), 1, 4)
+    twin = copy.deepcopy(layer).double()
+    twin.implementation = "composite"
+    compiled = torch.compile(layer, dynamic=True, fullgraph=True)
+    for n, hw in [(4, 5), (6, 7), (2, 3)]:
+        x = _input(torch.float32, False, seed=n, shape=(n, 8, hw, hw))
+        xs, x64 = x.clone().requires_grad_(), x.double().requires_grad_()
+        out, ref = compiled(xs), twin(x64)
+        torch.testing.assert_close(out.double(), ref.detach(), atol=2e-5, rtol=2e-5)
+        out.square().sum().backward()
+        ref.square().sum().backward()
+        torch.testing.assert_close(xs.grad.double(), x64.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layer.running_var.double(), twin.running_var, atol=1e-5, rtol=1e-5)
+
+
+@kernels
 @pytest.mark.parametrize("stats,devices,running,affine", [
     (("in", "ln", "bn"), 1, False, True), (("in", "ln", "bn", "gn"), 2, False, True),
     (("in", "ln", "bn"), 2, True, False), (("ln", "gn"), 1, False, True)])
