@@ -45,7 +45,7 @@ step() {  # step NAME SECONDS COMMAND...: COMMAND's output to OUTDIR/NAME.log, k
 # host on 2026-12-04; all five may not fit one 10-minute call: run STEPS="tests bench-float32", then the
 # rest. SCALE=2 doubles every limit.)
 S=${SCALE:-1}
-step tests $((300 * S)) "$PY" -m pytest -q -p no:cacheprovider tests/test_sn_cuda.py tests/test_sn_triton.py
+step tests $((360 * S)) "$PY" -m pytest -q -p no:cacheprovider tests/test_sn_cuda.py tests/test_sn_triton.py
 step bench-float32 $((240 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25
 step host-profile $((40 * S)) "$PY" -m bench.host_profile
 step bench-bfloat16 $((90 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25 --dtype bfloat16 --no-e2e
