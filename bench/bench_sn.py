@@ -44,11 +44,12 @@ LAYERS = {
 }
 
 
-def compiled(build):
-    """``build`` wrapped in ``torch.compile`` (fused kernels generated per shape)."""
+def compiled(build, mode="default"):
+    """``build`` wrapped in ``torch.compile`` (fused kernels generated per shape; ``mode``
+    ``"reduce-overhead"`` replays each compiled graph from a CUDA graph)."""
 
     def make(c):
-        return torch.compile(build(c))
+        return torch.compile(build(c), mode=mode)
 
     return make
 
@@ -342,6 +343,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     parser.add_argument("--compile", action="store_true",
                         help="also measure torch.compile'd BN and SN (slow to start: compiles per shape and mode)")
+    parser.add_argument("--compile-mode", choices=("default", "reduce-overhead"), default="default",
+                        help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs on GPUs)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="the input's dtype (parameters stay float32, as under autocast; default float32)")
     args = parser.parse_args(argv)
@@ -363,8 +366,8 @@ def main(argv=None):
         print(f"# SN (ours) on this GPU: {'Triton kernels' if SNF.triton_device(index) else 'PyTorch operations'}")
     shapes = args.shapes or (GPU_SHAPES if device.type == "cuda" else SHAPES)
     if args.compile:
-        LAYERS["BatchNorm2d compiled"] = compiled(LAYERS["BatchNorm2d"])
-        LAYERS["SN compiled (ours)"] = compiled(sn.SwitchNorm2d)
+        LAYERS["BatchNorm2d compiled"] = compiled(LAYERS["BatchNorm2d"], args.compile_mode)
+        LAYERS["SN compiled (ours)"] = compiled(sn.SwitchNorm2d, args.compile_mode)
     if dtype != torch.float32:  # (the paper-form baselines are float32 references)
         for name in ("SN published form", "SN Fig.7 form", "SN autograd (ours)"):
             LAYERS.pop(name)
@@ -397,7 +400,7 @@ def main(argv=None):
                    f"BN, eval {cl_eval['SN torch ops (ours)']:.2f}x BN")
     if args.compile:
         for kind, table in (("train", train), ("eval", evalr)):
-            summary.append(f"compiled {kind} median {table['SN compiled (ours)']:.2f}x BN "
+            summary.append(f"compiled ({args.compile_mode}) {kind} median {table['SN compiled (ours)']:.2f}x BN "
                            f"({table['SN compiled (ours)'] / table['BatchNorm2d compiled']:.2f}x compiled BN)")
     if not args.no_e2e:
         ratio = bench_end_to_end(device, max(5, args.repeats // 2), compile_too=args.compile)

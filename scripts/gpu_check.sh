@@ -15,7 +15,8 @@
 # 3. host-profile: bench/host_profile.py, where a layer's host time goes (cProfile, launch costs);
 # 4. bench-bfloat16: the tables in bfloat16 (the input; parameters float32, as under autocast);
 # 5. bench-compiled: torch.compile'd BN and SN (the Triton kernels as custom operators) beside them at
-#    two shapes (every shape would take long).
+#    two shapes (every shape would take long);
+# 6. bench-compiled-graphs: the same with mode="reduce-overhead" (compiled graphs replayed from CUDA graphs).
 # Each step's output goes to OUTPUT_DIR/<step>.log; a failing or overlong step does not stop the others.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,7 +31,7 @@ print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,utilization.gpu --format=csv \
     >>"$OUTDIR/device.log" 2>&1
 status=0
-STEPS=" ${STEPS:-tests bench-float32 host-profile bench-bfloat16 bench-compiled} "  # (some: STEPS="tests")
+STEPS=" ${STEPS:-tests bench-float32 host-profile bench-bfloat16 bench-compiled bench-compiled-graphs} "  # (some: STEPS="tests")
 step() {  # step NAME SECONDS COMMAND...: COMMAND's output to OUTDIR/NAME.log, killed after SECONDS
     local name=$1 limit=$2 t0=$SECONDS
     shift 2
@@ -42,7 +43,7 @@ step() {  # step NAME SECONDS COMMAND...: COMMAND's output to OUTDIR/NAME.log, k
     [ "$rc" = 0 ] || status=1
 }
 # (limits: the steps took 150 s (cut off), 85, 17, 13 (failed) and 83 s on an H200 machine with a slow
-# host on 2026-12-04; all five may not fit one 10-minute call: run STEPS="tests bench-float32", then the
+# host on 2026-12-04; all six do not fit one 10-minute call: run STEPS="tests bench-float32", then the
 # rest. SCALE=2 doubles every limit.)
 S=${SCALE:-1}
 step tests $((360 * S)) "$PY" -m pytest -q -p no:cacheprovider tests/test_sn_cuda.py tests/test_sn_triton.py
@@ -51,4 +52,6 @@ step host-profile $((40 * S)) "$PY" -m bench.host_profile
 step bench-bfloat16 $((90 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25 --dtype bfloat16 --no-e2e
 step bench-compiled $((150 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25 --compile --no-e2e \
     --shapes 8x64x56,32x256x56
+step bench-compiled-graphs $((150 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25 --compile \
+    --compile-mode reduce-overhead --no-e2e --shapes 8x64x56,32x256x56
 exit $status

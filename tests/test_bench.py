@@ -27,6 +27,8 @@ def test_bench_rejects_bad_shapes_and_threads():
         bench_sn.main(["--shapes", "2x4", "--no-e2e"])
     with pytest.raises(SystemExit):
         bench_sn.main(["--threads", "0", "--no-e2e"])
+    with pytest.raises(SystemExit):  # (torch.compile's modes: default, reduce-overhead)
+        bench_sn.main(["--compile", "--compile-mode", "max-speed", "--no-e2e"])
 
 
 def test_resnet50_figure_runs_and_converts_every_norm(capsys):
