@@ -137,18 +137,18 @@ def select_implementation(x3: Tensor, *, sync: bool = False, requested: Optional
     return "composite" if wanted == "composite" else "torch"
 
 
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # (sn.triton_path reads these two)
+TRITON_MAX_ROWS = 2**31 - 64  # N * C at most: the Triton kernels index rows (sample, channel) in int32
 _HAS_TRITON = importlib.util.find_spec("triton") is not None  # (without importing it)
 TRITON_MIN_CAPABILITY = (8, 0)  # (Ampere: what the kernels were compiled and checked for, sm_80 and sm_90)
-_TRITON_MAX_ROWS = 2**31 - 64  # (sn.triton_path.MAX_ROWS_INDEX: N * C the kernels index in int32)
 
 
 def triton_by_default(x3: Tensor) -> bool:
     """Whether ``"auto"`` runs SN on ``x3`` with the Triton kernels: a float32, float16 or
     bfloat16 CUDA tensor (of fewer than 2**31 rows N * C) on an NVIDIA GPU of compute capability
-    8.0 or later, with the triton package installed. They were measured ahead of the PyTorch-operation path on an H200
-    (``docs/performance.md``); other tensors keep the PyTorch-operation path."""
-    if not (x3.is_cuda and x3.dtype in _TRITON_DTYPES and x3.shape[0] * x3.shape[1] <= _TRITON_MAX_ROWS):
+    8.0 or later, with the triton package installed. They were measured ahead of the
+    PyTorch-operation path on an H200 (``docs/performance.md``); other tensors keep that path."""
+    if not (x3.is_cuda and x3.dtype in TRITON_DTYPES and x3.shape[0] * x3.shape[1] <= TRITON_MAX_ROWS):
         return False
     # (under torch.compile, the uncached check: the device's properties are constants there)
     return (triton_device.__wrapped__ if torch.compiler.is_compiling() else triton_device)(x3.device.index)
@@ -167,7 +167,7 @@ def _check_triton(x3: Tensor) -> None:
     """``ValueError`` unless the Triton kernels can run on ``x3``: a CUDA tensor (or a CPU one
     under ``TRITON_INTERPRET=1``, Triton's interpreter) of float32, float16 or bfloat16."""
     interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1" and x3.is_cpu
-    if not (x3.is_cuda or interpreted) or x3.dtype not in _TRITON_DTYPES:
+    if not (x3.is_cuda or interpreted) or x3.dtype not in TRITON_DTYPES:
         raise ValueError(f"implementation='triton' runs float32/float16/bfloat16 CUDA tensors; got a {x3.dtype} "
                          f"tensor on {x3.device}")
     try:

@@ -17,7 +17,6 @@ swaps back for a buffer the kernels can be pointed at (and never read).
 """
 from __future__ import annotations
 
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -25,20 +24,15 @@ from torch import Tensor
 
 from . import triton_path as TP
 from .config import Config
+from .functional import _check_triton
+from .native import OP_CODES
 from .native_ops import input_gradients, parameter_dtypes
 
-OP_CODES = {"in": 0, "ln": 1, "gn": 2, "bn": 3}
 _NAMES = {code: op for op, code in OP_CODES.items()}
 
 
 def _config(ops: Sequence[int], eps: float, num_groups: int, devices: int) -> Config:
     return Config(tuple(_NAMES[code] for code in ops), num_groups, devices, eps)
-
-
-def _check_device(x3: Tensor) -> None:
-    if not (x3.is_cuda or (x3.is_cpu and os.environ.get("TRITON_INTERPRET", "0") == "1")):
-        raise ValueError(f"switchnorm::triton_forward runs CUDA tensors (or CPU ones in Triton's interpreter); got "
-                         f"a tensor on {x3.device}")
 
 
 def _or(t: Tensor, placeholder: Tensor) -> Tensor:
@@ -55,7 +49,7 @@ def forward_op(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Opti
     (D, C) x2)``; each of LN's, GN's and BN's is ``(0,)`` where the call does not compute it
     (BN: where it uses ``bn_mean``/``bn_var``). ``x3`` must be laid out densely
     (:func:`sn.triton_path.dense`)."""
-    _check_device(x3)
+    _check_triton(x3)
     out, saved, _ = TP.forward(x3, mean_logits, var_logits, weight, bias, _config(ops, eps, num_groups, devices),
                                bn_mean, bn_var, None, save=True)
     kept = [saved.mean_in, saved.var_in, saved.mu, saved.rstd]

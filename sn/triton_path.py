@@ -16,6 +16,7 @@ from torch import Tensor
 
 from . import composite
 from .config import Config
+from .functional import TRITON_DTYPES as DTYPES, TRITON_MAX_ROWS as MAX_ROWS
 
 try:
     import triton  # noqa: F401  (the clear error; the kernels module imports it)
@@ -24,14 +25,12 @@ except ImportError as err:  # pragma: no cover - triton ships with torch's Linux
 
 from . import triton_kernels as K
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TILE = 1024  # elements per tile of the (N, C)-sized kernels
 _CHANNEL_TILE = 32  # channels per program of the per-channel (BN, affine) sums
 _ROW_TILE = 1024  # pixels per step of the passes over the data
 _MAX_ROWS = 32  # rows (sample, channel) per step
 _TILE_ELEMENTS = 2048  # elements per step
 _MAX_GRID_Y = 65535  # CUDA's limit on a grid's second axis (the output kernels' tiles along a row)
-MAX_ROWS_INDEX = 2**31 - 64  # N * C at most: the kernels index rows (sample, channel) in int32
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -93,7 +92,7 @@ class _Plan(NamedTuple):
 
 @functools.lru_cache(maxsize=1024)
 def _cached_plan(n, c, l, strides, stats, groups, devices, batch_bn, constants) -> _Plan:
-    if n * c > MAX_ROWS_INDEX:
+    if n * c > MAX_ROWS:
         raise ValueError(f"sn's Triton kernels take at most 2**31 - 64 rows (N * C), got N={n}, C={c}: use "
                          f"implementation='torch'")
     index = {op: (stats.index(op) if op in stats else -1) for op in ("in", "ln", "gn", "bn")}
