@@ -10,7 +10,7 @@ from the call's context, which of six implementations runs:
                     ``torch.compile`` on CPUs
 ``"torch"``         PyTorch operations in BatchNorm's passes (:mod:`sn.fused`): other GPU
                     tensors (float64, older GPUs, no triton), CPUs without a C compiler
-``"triton"``        seven Triton kernels a training step, the mixing fused into them
+``"triton"``        six Triton kernels a training step, the mixing fused into them
                     (:mod:`sn.triton_path`): float32/float16/bfloat16 CUDA tensors on
                     GPUs of compute capability 8.0+ (:func:`triton_by_default`)
 ``"triton-op"``     the same kernels as custom operators (:mod:`sn.triton_ops`), under

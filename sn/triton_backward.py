@@ -145,12 +145,12 @@ def _softmax_grad(logit_ptr, out_ptr, gw, K: tl.constexpr):
 
 
 @triton.jit
-def logit_grad_kernel(ml_ptr, vl_ptr, dml_ptr, dvl_ptr, p_in_m, p_in_v, ln_m, ln_v, ln_dm, ln_dv, gn_m, gn_v,
-                      gn_dm, gn_dv, bn_m, bn_v, bn_dm, bn_dv, N, NG, DC,
-                      K: tl.constexpr, IN_K: tl.constexpr, LN_K: tl.constexpr, GN_K: tl.constexpr,
-                      BN_K: tl.constexpr, BLOCK: tl.constexpr):
-    """One program: the weights' gradients ``sum over rows of d_mean * mean_k`` (and the
-    variances'), from the sums per pooled set, then the softmax's backward."""
+def _logit_grads(ml_ptr, vl_ptr, dml_ptr, dvl_ptr, p_in_m, p_in_v, ln_m, ln_v, ln_dm, ln_dv, gn_m, gn_v,
+                 gn_dm, gn_dv, bn_m, bn_v, bn_dm, bn_dv, N, NG, DC,
+                 K: tl.constexpr, IN_K: tl.constexpr, LN_K: tl.constexpr, GN_K: tl.constexpr,
+                 BN_K: tl.constexpr, BLOCK: tl.constexpr):
+    """The weights' gradients ``sum over rows of d_mean * mean_k`` (and the variances'), from the
+    sums per pooled set, then the softmax's backward: stored at ``dml_ptr`` and ``dvl_ptr``."""
     k = tl.arange(0, 4)
     gm = tl.zeros([4], dtype=tl.float32)
     gv = tl.zeros([4], dtype=tl.float32)
@@ -171,6 +171,17 @@ def logit_grad_kernel(ml_ptr, vl_ptr, dml_ptr, dvl_ptr, p_in_m, p_in_v, ln_m, ln
 
 
 @triton.jit
+def logit_grad_kernel(ml_ptr, vl_ptr, dml_ptr, dvl_ptr, p_in_m, p_in_v, ln_m, ln_v, ln_dm, ln_dv, gn_m, gn_v,
+                      gn_dm, gn_dv, bn_m, bn_v, bn_dm, bn_dv, N, NG, DC,
+                      K: tl.constexpr, IN_K: tl.constexpr, LN_K: tl.constexpr, GN_K: tl.constexpr,
+                      BN_K: tl.constexpr, BLOCK: tl.constexpr):
+    """One program: the logits' gradients (:func:`_logit_grads`), where no ``dx`` is wanted
+    (otherwise ``grad_rows_kernel``'s first program computes them)."""
+    _logit_grads(ml_ptr, vl_ptr, dml_ptr, dvl_ptr, p_in_m, p_in_v, ln_m, ln_v, ln_dm, ln_dv, gn_m, gn_v, gn_dm,
+                 gn_dv, bn_m, bn_v, bn_dm, bn_dv, N, NG, DC, K, IN_K, LN_K, GN_K, BN_K, BLOCK)
+
+
+@triton.jit
 def _through_set(w_mean, w_var, dm_ptr, dv_ptr, m_ptr, i, ok, size, mean_in):
     """What a pooled set's moments (index ``i``, ``size`` rows, their gradients' sums at ``dm_ptr``
     and ``dv_ptr``) pass on to each row's ``(mean_in, var_in)``: the Appendix's
@@ -185,10 +196,18 @@ def _through_set(w_mean, w_var, dm_ptr, dv_ptr, m_ptr, i, ok, size, mean_in):
 @triton.jit
 def grad_rows_kernel(g_ptr, x_ptr, dx_ptr, mean_in_ptr, mu_ptr, rstd_ptr, sg_ptr, sgx_ptr, w_ptr, ml_ptr, vl_ptr,
                      ln_m, ln_dm, ln_dv, gn_m, gn_dm, gn_dv, bn_m, bn_dm, bn_dv,
+                     dml_ptr, dvl_ptr, p_in_m, p_in_v, ln_v, gn_v, bn_v,
                      rows, C, L, G, CG, S, s_n, s_c, s_l,
                      K: tl.constexpr, IN_K: tl.constexpr, LN_K: tl.constexpr, GN_K: tl.constexpr,
                      BN_K: tl.constexpr, BN_BATCH: tl.constexpr, HAS_W: tl.constexpr,
-                     ROWS: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
+                     ROWS: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr, LOGIT_BLOCK: tl.constexpr):
+    """``dx`` for ROWS rows by STEPS tiles along them; the first program also computes the logits'
+    gradients (:func:`_logit_grads`, before its rows: one launch fewer than a kernel of its own)."""
+    if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+        samples = rows // C
+        _logit_grads(ml_ptr, vl_ptr, dml_ptr, dvl_ptr, p_in_m, p_in_v, ln_m, ln_v, ln_dm, ln_dv, gn_m, gn_v, gn_dm,
+                     gn_dv, bn_m, bn_v, bn_dm, bn_dv, samples, samples * G, (samples // S) * C, K, IN_K, LN_K, GN_K,
+                     BN_K, LOGIT_BLOCK)
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = r < rows
     r64 = r.to(tl.int64)

@@ -2,7 +2,9 @@
 
 :func:`switch_norm` is what :func:`sn.functional.switch_norm` calls for ``implementation="triton"``.
 A training step launches three kernels forward (the rows' moments, the pooled moments with the
-running averages, the output) and four backward, and never synchronizes with the host. Under
+running averages, the output) and three backward (the rows' gradient sums, the pooled sets'
+sums, ``dx`` with the logits' gradients; a fourth for the logits' gradients where no ``dx`` is
+wanted), and never synchronizes with the host. Under
 ``create_graph=True`` the backward returns the composite form's gradients as a graph, so double
 backward works as on the other paths.
 """
@@ -226,18 +228,20 @@ def backward(g: Tensor, x3: Tensor, mean_logits: Tensor, var_logits: Tensor, wei
         bn_dm, bn_dv, d_weight, d_bias, n, c, p.groups, p.group_size, p.devices, p.samples, p.grad_samples,
         HAS_IN=has["in"], HAS_LN=has["ln"], HAS_GN=has["gn"], HAS_BN=has["bn"], HAS_W=weight is not None, **p.tiles)
     d_mean_logits, d_var_logits = torch.empty(p.k, **f32), torch.empty(p.k, **f32)
-    K.logit_grad_kernel[(1,)](mean_logits, var_logits, d_mean_logits, d_var_logits, in_dm, in_dv, *saved.ln, ln_dm,
-                              ln_dv, *saved.gn, gn_dm, gn_dv, *saved.bn, bn_dm, bn_dv, n, n * p.groups, p.devices * c,
-                              K=p.k, **p.positions,
-                              BLOCK=min(_TILE, 256))  # (8 running sums: 1024 spilled on sm_80, Triton 3.6)
-    dx = None
-    if need_dx:
-        dx = torch.empty_like(x3)
-        K.grad_rows_kernel[p.out_grid](
-            g, x3, dx, saved.mean_in, saved.mu, saved.rstd, s_g, s_gx, w, mean_logits, var_logits, saved.ln[0], ln_dm,
-            ln_dv, saved.gn[0], gn_dm, gn_dv, saved.bn[0], bn_dm, bn_dv, n * c, c, l, p.groups, p.group_size,
-            p.samples, *p.strides, K=p.k, **p.positions, BN_BATCH=p.batch_bn, HAS_W=weight is not None, ROWS=p.rows,
-            BLOCK=p.block, STEPS=p.steps)
+    # (8 running sums in the logits' gradient: 1024-wide tiles spilled on sm_80 with Triton 3.6)
+    logit_block = min(_TILE, 256)
+    if not need_dx:
+        K.logit_grad_kernel[(1,)](mean_logits, var_logits, d_mean_logits, d_var_logits, in_dm, in_dv, *saved.ln, ln_dm,
+                                  ln_dv, *saved.gn, gn_dm, gn_dv, *saved.bn, bn_dm, bn_dv, n, n * p.groups,
+                                  p.devices * c, K=p.k, **p.positions, BLOCK=logit_block)
+        return None, d_mean_logits, d_var_logits, d_weight, d_bias
+    dx = torch.empty_like(x3)  # (and the logits' gradients, in the first program)
+    K.grad_rows_kernel[p.out_grid](
+        g, x3, dx, saved.mean_in, saved.mu, saved.rstd, s_g, s_gx, w, mean_logits, var_logits, saved.ln[0], ln_dm,
+        ln_dv, saved.gn[0], gn_dm, gn_dv, saved.bn[0], bn_dm, bn_dv, d_mean_logits, d_var_logits, in_dm, in_dv,
+        saved.ln[1], saved.gn[1], saved.bn[1], n * c, c, l, p.groups, p.group_size, p.samples, *p.strides, K=p.k,
+        **p.positions, BN_BATCH=p.batch_bn, HAS_W=weight is not None, ROWS=p.rows, BLOCK=p.block, STEPS=p.steps,
+        LOGIT_BLOCK=logit_block)
     return dx, d_mean_logits, d_var_logits, d_weight, d_bias
 
 

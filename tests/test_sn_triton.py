@@ -1,7 +1,7 @@
 """The Triton path (sn.triton_path, implementation="triton") against float64 maths and the
 composite form: outputs, gradients and running statistics, in float32, float16 and bfloat16,
 contiguous, channels_last and strided inputs, training and eval, with the kernels' real tiles and
-with tiles so small that every loop turns; and the seven launches a training step makes. On a GPU
+with tiles so small that every loop turns; and the six launches a training step makes. On a GPU
 they run on the GPU. Without one they
 run in Triton's interpreter on CPU tensors, which must be switched on (TRITON_INTERPRET=1)
 before anything imports triton (torch's compiler, timm and torchvision may have done so in this
@@ -109,21 +109,24 @@ def test_eval_with_and_without_grad(stats, devices, groups, channels_last):
     torch.testing.assert_close(layer(x.clone().requires_grad_()).detach(), out, atol=1e-6, rtol=1e-6)
 
 
-def _against_composite(layer, x, tol=2e-5, double_backward=False):
+def _against_composite(layer, x, tol=2e-5, double_backward=False, input_grad=True):
     """The layer's output, every gradient and the running statistics against the same layer on
-    the composite form in float64; the input gradient and the parameters' ``grad`` fields."""
+    the composite form in float64; the input gradient (unless not ``input_grad``: then the input
+    needs none) and the parameters' gradients."""
     twin = copy.deepcopy(layer).double()
     twin.implementation = "composite"
-    x = x.requires_grad_()
-    x64 = x.detach().double().requires_grad_()
+    x = x.requires_grad_(input_grad)
+    x64 = x.detach().double().requires_grad_(input_grad)
     out, ref = layer(x), twin(x64)
     torch.testing.assert_close(out.double(), ref.detach(), atol=tol, rtol=tol)
     grad = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).to(x.device)
     params = [name for name, p in layer.named_parameters()]
-    got = torch.autograd.grad(out, [x] + [getattr(layer, n) for n in params], grad.to(x.dtype),
+    inputs = [x] if input_grad else []
+    got = torch.autograd.grad(out, inputs + [getattr(layer, n) for n in params], grad.to(x.dtype),
                               create_graph=double_backward)
-    want = torch.autograd.grad(ref, [x64] + [getattr(twin, n) for n in params], grad, create_graph=double_backward)
-    for name, a, b in zip(["x"] + params, got, want):
+    want = torch.autograd.grad(ref, [x64][:len(inputs)] + [getattr(twin, n) for n in params], grad,
+                               create_graph=double_backward)
+    for name, a, b in zip(["x"][:len(inputs)] + params, got, want):
         torch.testing.assert_close(a.double(), b.detach(), atol=tol * 5, rtol=tol * 5, msg=name)
     for name, buf in layer.named_buffers():
         torch.testing.assert_close(buf.double(), getattr(twin, name).double(), atol=tol, rtol=tol, msg=name)
@@ -256,6 +259,8 @@ def test_every_loop_and_set_size(monkeypatch, tiles, stats, devices, groups, sha
     _against_composite(layer, _input(torch.float32, False, seed=8, shape=shape))
     layer.momentum = None  # cumulative average: the factor 1 / num_batches_tracked
     _against_composite(layer, _input(torch.float32, True, seed=9, shape=shape))
+    # the parameters' gradients alone (the logits' gradients in a kernel of their own)
+    _against_composite(layer, _input(torch.float32, False, seed=10, shape=shape), input_grad=False)
 
 
 @kernels
@@ -265,6 +270,7 @@ def test_eval_gradients_of_every_parameter(stats):
     input's does not."""
     layer = _layer(stats, 1, 4 if "gn" in stats else None).eval()
     _against_composite(layer, _input(torch.float32, False, seed=10, shape=(3, 8, 4, 4)))
+    _against_composite(layer, _input(torch.float32, False, seed=14, shape=(3, 8, 4, 4)), input_grad=False)
 
 
 @kernels
@@ -398,19 +404,25 @@ def test_which_gpus_take_the_triton_kernels_by_default(monkeypatch):
 
 
 FORWARD = ["triton:row_moments_kernel", "triton:pool_kernel", "triton:mix_apply_kernel"]
-BACKWARD = ["triton:row_grad_sums_kernel", "triton:mix_grad_kernel", "triton:logit_grad_kernel",
-            "triton:grad_rows_kernel"]
+BACKWARD = ["triton:row_grad_sums_kernel", "triton:mix_grad_kernel", "triton:grad_rows_kernel"]
 
 
 @kernels
-def test_a_training_step_is_seven_launches_and_nothing_else():
-    """Three kernels forward, four backward, whatever the statistics; no PyTorch operation runs on
-    the device but the layer's batch counter (the PyTorch-operation path dispatches ~93)."""
-    from bench.launches import step_ops
+def test_a_training_step_is_six_launches_and_nothing_else():
+    """Three kernels forward, three backward (the logits' gradients in dx's first program),
+    whatever the statistics; no PyTorch operation runs on the device but the layer's batch counter
+    (the PyTorch-operation path dispatches ~93). Without an input gradient the logits' gradients
+    take a kernel of their own."""
+    from bench.launches import DeviceOps, counting_triton, step_ops
     for stats, devices, groups in CASES:
         ops = step_ops(_layer(stats, devices, groups), _input(torch.float32, False), train=True)
         counter = ["add_"] if "bn" in stats else []  # num_batches_tracked += 1
         assert ops == counter + FORWARD + BACKWARD, (stats, ops)
+    layer, x = _layer(("in", "ln", "bn"), 1, None), _input(torch.float32, False)
+    mode, grad = DeviceOps(), torch.ones_like(x)
+    with mode, counting_triton(mode.ops):
+        torch.autograd.grad(layer(x), list(layer.parameters()), grad)  # (x needs no gradient)
+    assert mode.ops == ["add_"] + FORWARD + BACKWARD[:2] + ["triton:logit_grad_kernel"], mode.ops
     eval_ops = step_ops(_layer(("in", "ln", "bn"), 1, None), _input(torch.float32, True), train=False)
     assert eval_ops == FORWARD  # (LN's moments need the pool)
     assert step_ops(_layer(("in", "bn"), 1, None), _input(torch.float32, False), train=False) == \
