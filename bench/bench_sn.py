@@ -19,6 +19,7 @@ from torch import nn
 import sn
 from sn import functional as SNF
 from sn import native as SNN
+from sn import triton_launch as SNL
 
 from tasks.classify.model import CifarResNet, norm_factory
 
@@ -42,6 +43,27 @@ LAYERS = {
     "SN torch ops (ours)": functools.partial(sn.SwitchNorm2d, implementation="torch"),
     "SN (ours)": sn.SwitchNorm2d,
 }
+DIRECT = "SN direct launch (ours)"  # (CUDA: "SN (ours)" with sn.triton_launch on, in its own row)
+
+
+def direct_launch_sn(c):
+    """SN on the Triton kernels, its steps run within ``sn.triton_launch.direct()`` (bench_layers
+    and bench_resnet50 look for the ``direct_launch`` mark)."""
+    layer = sn.SwitchNorm2d(c)
+    layer.direct_launch = True
+    return layer
+
+
+def in_direct_launch(fn, model):
+    """``fn`` run within ``sn.triton_launch.direct()`` where ``model`` is so marked."""
+    if not getattr(model, "direct_launch", False):
+        return fn
+
+    def run():
+        with SNL.direct():
+            return fn()
+
+    return run
 
 
 def compiled(build, mode="default"):
@@ -147,10 +169,10 @@ def bench_layers(device, repeats, shapes=SHAPES, dtype=torch.float32, names=None
         layers = {name: LAYERS[name](c).to(device) for name in (names or LAYERS)}
 
         def train_step(layer):
-            return lambda: layer(xg).backward(grad)
+            return in_direct_launch(lambda: layer(xg).backward(grad), layer)
 
         def eval_step(layer):
-            return lambda: layer(x)
+            return in_direct_launch(lambda: layer(x), layer)
 
         for layer in layers.values():
             layer.train()
@@ -233,6 +255,7 @@ def bench_end_to_end(device, repeats, batch=64, compile_too=False):
 
 
 RESNET50_VARIANTS = {"bn": None, "sn": "auto", "sn torch ops": "torch"}  # name: SN's implementation
+# (and "sn direct launch": "direct", the Triton kernels launched by sn.triton_launch; on CUDA in eager mode)
 
 
 def bench_resnet50(device, repeats, batch=32, size=224, variants=RESNET50_VARIANTS, graphs=False):
@@ -251,7 +274,8 @@ def bench_resnet50(device, repeats, batch=32, size=224, variants=RESNET50_VARIAN
         if impl is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = sn.convert(model, implementation=impl)
+                model = sn.convert(model, implementation="auto" if impl == "direct" else impl)
+            model.direct_launch = impl == "direct"
         model = model.to(device)
         opt = torch.optim.SGD(sn.param_groups(model, 1e-4), lr=0.1, momentum=0.9)
 
@@ -260,7 +284,7 @@ def bench_resnet50(device, repeats, batch=32, size=224, variants=RESNET50_VARIAN
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
 
-        steps[name] = captured(step, list(model.parameters())) if graphs else step
+        steps[name] = captured(step, list(model.parameters())) if graphs else in_direct_launch(step, model)
     if graphs:
         result = {name: batch / t for name, t in median_graph_times(steps, repeats, replays=3).items()}
         title = f"End to end: ResNet-50 training step replayed from a CUDA graph, batch {batch}, {size}x{size}"
@@ -365,6 +389,8 @@ def main(argv=None):
         index = device.index if device.index is not None else torch.cuda.current_device()
         print(f"# SN (ours) on this GPU: {'Triton kernels' if SNF.triton_device(index) else 'PyTorch operations'}")
     shapes = args.shapes or (GPU_SHAPES if device.type == "cuda" else SHAPES)
+    if device.type == "cuda":
+        LAYERS[DIRECT] = direct_launch_sn
     if args.compile:
         LAYERS["BatchNorm2d compiled"] = compiled(LAYERS["BatchNorm2d"], args.compile_mode)
         LAYERS["SN compiled (ours)"] = compiled(sn.SwitchNorm2d, args.compile_mode)
@@ -395,6 +421,8 @@ def main(argv=None):
             summary.append(f"CUDA graphs{layout}: train median {g_train['SN (ours)']:.2f}x BN (max "
                            f"{max(r[('train', 'SN (ours)')] / r[('train', 'BatchNorm2d')] for r in g_rows):.2f}x), "
                            f"eval {g_eval['SN (ours)']:.2f}x BN")
+    if DIRECT in LAYERS:
+        summary.append(f"direct launch train median {train[DIRECT]:.2f}x BN, eval {evalr[DIRECT]:.2f}x BN")
     summary.append(f"torch ops path train median {train['SN torch ops (ours)']:.2f}x BN, eval "
                    f"{evalr['SN torch ops (ours)']:.2f}x BN, channels_last train {cl_train['SN torch ops (ours)']:.2f}x "
                    f"BN, eval {cl_eval['SN torch ops (ours)']:.2f}x BN")
@@ -408,7 +436,8 @@ def main(argv=None):
         deploy = bench_eval_deploy(device, max(5, args.repeats // 2))
         summary.append("ResNet-20 eval images/s " + ", ".join(f"{k} {v:.2f}x BN" for k, v in deploy.items()))
         if device.type == "cuda":
-            ratios = bench_resnet50(device, max(5, args.repeats // 2))
+            ratios = bench_resnet50(device, max(5, args.repeats // 2),
+                                    variants=dict(RESNET50_VARIANTS, **{"sn direct launch": "direct"}))
             summary.append("ResNet-50 images/s " + ", ".join(f"{k} {v:.2f}x BN" for k, v in ratios.items()))
             ratios = bench_resnet50(device, max(5, args.repeats // 2), graphs=True)
             summary.append("ResNet-50 images/s from CUDA graphs " +

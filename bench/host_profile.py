@@ -1,5 +1,6 @@
 """Where one SN layer's time goes on the host: cProfile of training steps and eval calls on the
-Triton path (GPU only), and the launch cost of an empty Triton kernel with few and many arguments.
+Triton path (GPU only; also with ``sn.triton_launch`` on), and the launch cost of an empty
+Triton kernel with few and many arguments.
 
     python -m bench.host_profile [--shape 8x64x56] [--calls 200]
 """
@@ -15,6 +16,7 @@ import triton
 import triton.language as tl
 
 import sn
+from sn import triton_launch as SNL
 
 
 @triton.jit
@@ -58,20 +60,22 @@ def main(argv=None):
     print(f"torch.empty_like: {_median_us(lambda: torch.empty_like(x), args.calls):.1f} us")
     bn = torch.nn.BatchNorm2d(c).cuda()
     layers = {"bn": bn, "sn torch": sn.SwitchNorm2d(c, implementation="torch").cuda(),
-              "sn triton": sn.SwitchNorm2d(c, implementation="triton").cuda()}
+              "sn triton": sn.SwitchNorm2d(c, implementation="triton").cuda(),
+              "sn triton, direct launch": sn.SwitchNorm2d(c, implementation="triton").cuda()}
     for name, layer in layers.items():
-        layer.train()
-        train = _median_us(lambda: layer(x).backward(g), args.calls)
-        layer.eval()
-        with torch.no_grad():
-            ev = _median_us(lambda: layer(x), args.calls)
-        layer.train()
+        with SNL.direct(name.endswith("direct launch")):  # (sn.triton_launch: compiled programs kept)
+            layer.train()
+            train = _median_us(lambda: layer(x).backward(g), args.calls)
+            layer.eval()
+            with torch.no_grad():
+                ev = _median_us(lambda: layer(x), args.calls)
+            layer.train()
         print(f"{name}: train step {train:.0f} us host (no sync), eval {ev:.0f} us")
-    layer = layers["sn triton"]
-    for mode in ("train", "eval"):
+    for mode, label in (("train", "sn triton"), ("eval", "sn triton"), ("train", "sn triton, direct launch")):
+        layer = layers[label]
         layer.train(mode == "train")
         prof = cProfile.Profile()
-        with torch.set_grad_enabled(mode == "train"):
+        with torch.set_grad_enabled(mode == "train"), SNL.direct(label.endswith("direct launch")):
             prof.enable()
             for _ in range(args.calls):
                 out = layer(x)
@@ -81,8 +85,7 @@ def main(argv=None):
         torch.cuda.synchronize()
         text = io.StringIO()
         pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(22)
-        print(f"\n## cProfile, sn triton {mode}, {args.calls} calls\n" + text.getvalue())
-
+        print(f"\n## cProfile, {label} {mode}, {args.calls} calls\n" + text.getvalue())
 
 if __name__ == "__main__":
     main()

@@ -6,12 +6,14 @@
 #   bash scripts/gpu_check.sh [OUTPUT_DIR]     # default gpu-check/; PYTHON=... to pick the interpreter
 #   STEPS="tests bench-float32" bash scripts/gpu_check.sh $OUT   # some of the steps below only
 #
-# 1. tests: tests/test_sn_cuda.py and tests/test_sn_triton.py on the GPU (the Triton kernels
-#    against float64 maths and the PyTorch-operation path, no host synchronization per step,
-#    a training step replayed from a CUDA graph);
+# 1. tests: tests/test_sn_triton_launch.py (first: it is short), tests/test_sn_cuda.py and
+#    tests/test_sn_triton.py on the GPU (sn.triton_launch's direct launches against Triton's own,
+#    the Triton kernels against float64 maths and the PyTorch-operation path, no host
+#    synchronization per step, a training step replayed from a CUDA graph);
 # 2. bench-float32: bench/bench_sn.py --device cuda: BN, GN, SN on PyTorch operations and as it
-#    runs by default (the Triton kernels), at the CPU shapes and ResNet-50's stage shapes,
-#    contiguous and channels_last, eager and replayed from CUDA graphs, a ResNet-50 step;
+#    runs by default (the Triton kernels; eager also with sn.triton_launch on), at the CPU shapes
+#    and ResNet-50's stage shapes, contiguous and channels_last, eager and replayed from CUDA
+#    graphs, a ResNet-50 step;
 # 3. host-profile: bench/host_profile.py, where a layer's host time goes (cProfile, launch costs);
 # 4. bench-bfloat16: the tables in bfloat16 (the input; parameters float32, as under autocast);
 # 5. bench-compiled: torch.compile'd BN and SN (the Triton kernels as custom operators) beside them at
@@ -46,7 +48,8 @@ step() {  # step NAME SECONDS COMMAND...: COMMAND's output to OUTDIR/NAME.log, k
 # host on 2026-12-04; all six do not fit one 10-minute call: run STEPS="tests bench-float32", then the
 # rest. SCALE=2 doubles every limit.)
 S=${SCALE:-1}
-step tests $((360 * S)) "$PY" -m pytest -q -p no:cacheprovider tests/test_sn_cuda.py tests/test_sn_triton.py
+step tests $((360 * S)) "$PY" -m pytest -q -p no:cacheprovider tests/test_sn_triton_launch.py tests/test_sn_cuda.py \
+    tests/test_sn_triton.py
 step bench-float32 $((240 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25
 step host-profile $((40 * S)) "$PY" -m bench.host_profile
 step bench-bfloat16 $((90 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25 --dtype bfloat16 --no-e2e

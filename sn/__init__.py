@@ -17,6 +17,7 @@ from .registry import NORMS, make_norm, norm_names
 from .stats import update_stats
 from .selection import sparsestmax
 from .weights import param_groups, set_radius, switch_norm_layers, switch_weights
+from . import triton_launch  # (sn.triton_launch.direct(); imports no triton)
 
 __version__ = "0.1.0"
 

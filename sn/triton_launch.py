@@ -1,0 +1,75 @@
+"""Launching sn's Triton kernels through their compiled programs (experimental, off by default).
+
+``kernel[grid](*args, **constexprs)`` binds every argument in Python on every call (Triton's
+``JITFunction.run``: the specialization of each argument, the cache key, the options), which
+costs tens of microseconds a launch on a slow host, several times what the GPU spends on a small
+kernel. :func:`launch` does that once per distinct call and keeps the compiled program, whose
+``CompiledKernel[grid](*args)`` launches it directly. Its cache key is finer than Triton's
+specialization, so a cached program is only ever reused for a call Triton would have compiled
+the same way: an integer counts by its value, a tensor by its dtype and whether its address is a
+multiple of 16 bytes, a float by its type alone (Triton specializes integers on their value's
+divisibility, pointers on their dtype and 16-byte alignment, and floats not at all;
+``tests/test_sn_triton_launch.py`` checks this against Triton's own binder). Changing Triton's
+knobs (debug, instrumentation, hooks) after a call has been cached is not followed.
+
+Set :data:`ENABLED` to ``True``, or run the steps within ``with direct():``, to use it. It stays
+off until a GPU measurement shows it ahead (``bench/bench_sn.py --device cuda`` times both);
+without a GPU (Triton's interpreter) calls always take Triton's own path.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from torch import Tensor
+
+ENABLED = False
+_MAX_ENTRIES = 4096  # (one per distinct call: shapes, dtypes, alignments; cleared when full)
+_COMPILED: dict = {}
+
+
+def spec_key(args) -> tuple:
+    """What Triton's compiled program for these positional arguments depends on (or finer)."""
+    return tuple((a.dtype, not a.data_ptr() & 15) if isinstance(a, Tensor) else float if type(a) is float else a
+                 for a in args)
+
+
+def launch(kernel, grid, *args, **constexprs) -> None:
+    """``kernel[grid](*args, **constexprs)``: the first call per distinct key through Triton, the
+    later ones through the compiled program it returned. ``constexprs`` are the kernel's
+    compile-time parameters (its last ones) and launch options such as ``num_warps``."""
+    names = getattr(kernel, "arg_names", None)
+    if not ENABLED or names is None:  # (off; or a wrapper of the kernel, e.g. a test's launch recorder)
+        kernel[grid](*args, **constexprs)
+        return
+    key = (kernel, args[0].device.index, tuple(constexprs.items()), spec_key(args))
+    entry = _COMPILED.get(key)
+    if entry is not None:
+        compiled, tail = entry
+        compiled[grid + (1,) * (3 - len(grid))](*args, *tail)
+        return
+    if any(not kernel.params[i].is_constexpr or names[i] not in constexprs for i in range(len(args), len(names))):
+        raise TypeError(f"sn.triton_launch.launch: {kernel.__name__} takes its runtime arguments by position and "
+                        f"every constexpr by keyword; got {len(args)} positional arguments and {sorted(constexprs)} "
+                        f"for {names}")
+    compiled = kernel[grid](*args, **constexprs)
+    if compiled is None or not hasattr(compiled, "function"):  # (Triton's interpreter returns no program)
+        return
+    tail = tuple(constexprs[name] for name in names[len(args):])
+    if len(_COMPILED) >= _MAX_ENTRIES:
+        _COMPILED.clear()
+    _COMPILED[key] = (compiled, tail)
+
+
+@contextlib.contextmanager
+def direct(enabled: bool = True):
+    """Within the block (forward and backward alike), :func:`launch` keeps and reuses compiled
+    programs (``enabled``) or leaves every launch to Triton."""
+    global ENABLED
+    before, ENABLED = ENABLED, bool(enabled)
+    try:
+        yield
+    finally:
+        ENABLED = before
+
+
+__all__ = ["ENABLED", "direct", "launch", "spec_key"]

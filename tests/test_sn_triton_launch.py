@@ -1,0 +1,156 @@
+"""sn.triton_launch: launching the Triton kernels through their compiled programs. Without a GPU:
+its cache key is checked against Triton's own binder (the specialization Triton compiles each
+launch of sn.triton_path for, as tests/test_sn_triton_compile.py records them) and its caching
+against a stand-in kernel; on a GPU, training steps with it on match those with it off bit for
+bit, aligned and misaligned inputs alike."""
+import copy
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="the Triton kernels need the triton package (it ships with torch)")
+
+import sn  # noqa: E402
+from sn import triton_launch as SNL  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _misaligned(t):
+    """``t``'s values at an address one element past a 16-byte boundary (same shape, strides, dtype)."""
+    size = t.untyped_storage().nbytes() // t.element_size() + 16
+    base = torch.zeros(size, dtype=t.dtype, device=t.device)
+    view = base.as_strided(t.shape, t.stride(), 1)
+    assert view.data_ptr() % 16 and view.dtype == t.dtype
+    return view
+
+
+@pytest.mark.skipif(INTERPRETED, reason="Triton's binder for a real GPU target (the interpreter binds nothing)")
+def test_the_cache_key_is_finer_than_triton_s_specialization():
+    """For every launch sn.triton_path makes (three dtypes, both layouts, five statistic sets), and
+    for each with one tensor moved off its 16-byte alignment or a float changed: where the key
+    says two launches are alike, Triton's binder specializes them alike. Triton does tell aligned
+    from misaligned pointers, so the key must, and does."""
+    from test_sn_triton_compile import TARGETS, _launches
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(TARGETS[1])
+    binders = {}
+
+    def triton_key(fn, args, kwargs):
+        if fn not in binders:
+            binders[fn] = create_function_from_signature(fn.signature, fn.params, backend)
+        _, specialization, options = binders[fn](*args, **kwargs)
+        return repr(specialization), repr(sorted(options.items()))
+
+    launches = _launches()
+    seen_alignment = seen_float = 0
+    for fn, args, kwargs in launches:
+        key, spec = SNL.spec_key(args), triton_key(fn, args, kwargs)
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor):
+                variant = args[:i] + (_misaligned(a),) + args[i + 1:]
+            elif type(a) is float:
+                variant = args[:i] + (a * 0.37 + 0.5,) + args[i + 1:]
+            else:
+                continue
+            variant_key, variant_spec = SNL.spec_key(variant), triton_key(fn, variant, kwargs)
+            if variant_key == key:
+                assert variant_spec == spec, (fn.__name__, i)
+                seen_float += type(a) is float
+            else:
+                seen_alignment += variant_spec != spec
+    assert seen_alignment > 100 and seen_float > 10, (seen_alignment, seen_float)
+
+
+class _Compiled:
+    function = object()  # (what marks a compiled program)
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __getitem__(self, grid):
+        return lambda *args: self.calls.append(("direct", grid, args))
+
+
+class _Kernel:
+    """A stand-in for a Triton kernel ``(x, n, eps, BLOCK: constexpr, FLAG: constexpr)``."""
+
+    arg_names = ["x", "n", "eps", "BLOCK", "FLAG"]
+    params = [SimpleNamespace(is_constexpr=c) for c in (False, False, False, True, True)]
+    __name__ = "stand_in_kernel"
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.calls.append(("triton", grid, args, kwargs))
+            return _Compiled(self.calls)
+        return run
+
+
+def test_launch_reuses_a_program_only_for_calls_triton_would_compile_alike(monkeypatch):
+    kernel = _Kernel()
+    monkeypatch.setattr(SNL, "_COMPILED", {})
+    x = torch.zeros(64)
+    with SNL.direct():
+        SNL.launch(kernel, (4,), x, 10, 0.5, BLOCK=32, FLAG=True)
+        SNL.launch(kernel, (4, 2), x, 10, 0.25, BLOCK=32, FLAG=True)  # (another float: the same program)
+        SNL.launch(kernel, (4,), x[4:], 10, 0.5, BLOCK=32, FLAG=True)  # (16 bytes on: still aligned)
+    assert [c[0] for c in kernel.calls] == ["triton", "direct", "direct"]
+    assert kernel.calls[1] == ("direct", (4, 2, 1), (x, 10, 0.25, 32, True))  # (constexprs in their places)
+    assert kernel.calls[2][1] == (4, 1, 1) and kernel.calls[2][2][0].data_ptr() == x[4:].data_ptr()
+    kernel.calls.clear()
+    with SNL.direct():
+        SNL.launch(kernel, (4,), x[1:], 10, 0.5, BLOCK=32, FLAG=True)  # misaligned
+        SNL.launch(kernel, (4,), x.half(), 10, 0.5, BLOCK=32, FLAG=True)  # another dtype
+        SNL.launch(kernel, (4,), x, 16, 0.5, BLOCK=32, FLAG=True)  # another integer
+        SNL.launch(kernel, (4,), x, 10, 0.5, BLOCK=64, FLAG=True)  # another constexpr
+        SNL.launch(kernel, (4,), x, 10, 0.5, BLOCK=32, FLAG=True, num_warps=8)  # another launch option
+    assert [c[0] for c in kernel.calls] == ["triton"] * 5
+    kernel.calls.clear()
+    SNL.launch(kernel, (4,), x, 10, 0.5, BLOCK=32, FLAG=True)  # (off, as by default: always Triton's own path)
+    assert [c[0] for c in kernel.calls] == ["triton"] and not SNL.ENABLED
+    with SNL.direct():
+        for bad in (dict(eps=0.5, BLOCK=32, FLAG=True), dict(BLOCK=32)):  # (a runtime argument by keyword; none)
+            with pytest.raises(TypeError, match="runtime arguments by position and every constexpr by keyword"):
+                SNL.launch(kernel, (4,), x, 10, **bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="launches compiled programs: needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_steps_with_direct_launches_match_triton_s_own_bit_for_bit(dtype, channels_last):
+    """Three training steps and three eval calls, each twice: with sn.triton_launch on (the first
+    call compiles or finds the programs, the second launches them directly) and off; the third
+    input, of the same shape, is misaligned (it must not reuse the aligned inputs' programs)."""
+    torch.manual_seed(0)
+    layer = sn.SwitchNorm2d(24, stats=("in", "ln", "bn", "gn"), num_groups=4, implementation="triton").cuda()
+    twin = copy.deepcopy(layer)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    xs = [torch.randn(4, 24, 7, 9, device="cuda", dtype=dtype).contiguous(memory_format=fmt) * 2 + 1
+          for _ in range(3)]
+    xs[2] = _misaligned(xs[2]).copy_(xs[2])
+    for model, enabled in ((layer, True), (twin, False)):
+        model.grads, model.outs = [], []
+        with SNL.direct(enabled):
+            for x in xs:
+                x = x.detach().requires_grad_()
+                out = model.train()(x)
+                out.backward(torch.cos(out.detach()))
+                model.outs.append(out.detach())
+                model.grads.append([x.grad] + [p.grad.clone() for p in model.parameters()])
+                model.zero_grad()
+            with torch.no_grad():
+                model.outs += [model.eval()(x) for x in xs]
+    for a, b in zip(layer.outs, twin.outs):
+        assert torch.equal(a, b)
+    for ga, gb in zip(layer.grads, twin.grads):
+        for a, b in zip(ga, gb):
+            assert torch.equal(a, b)
+    for name, buf in layer.named_buffers():
+        assert torch.equal(buf, getattr(twin, name)), name
