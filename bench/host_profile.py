@@ -1,8 +1,9 @@
 """Where one SN layer's time goes on the host: cProfile of training steps and eval calls on the
 Triton path (GPU only; also with ``sn.triton_launch`` on), and the launch cost of an empty
-Triton kernel with few and many arguments.
+Triton kernel with few and many arguments; and on the device: each kernel's time in a training
+step of BN and of SN on the Triton kernels (``torch.profiler``), at a small and a large map.
 
-    python -m bench.host_profile [--shape 8x64x56] [--calls 200]
+    python -m bench.host_profile [--shape 8x64x56] [--calls 200] [--kernel-shapes 8x256x14,32x256x56]
 """
 import argparse
 import cProfile
@@ -43,11 +44,42 @@ def _median_us(fn, calls):
     return statistics.median(times) * 1e6
 
 
+def kernel_times(shapes, steps=20):
+    """Each kernel's device time per training step (forward and backward) of BN and of SN on the
+    Triton kernels, from ``torch.profiler``'s CUDA activity, at every ``(N, C, H=W)`` of ``shapes``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for n, c, hw in shapes:
+        x = torch.randn(n, c, hw, hw, device="cuda", requires_grad=True)
+        g = torch.randn_like(x)
+        layers = (("bn", torch.nn.BatchNorm2d(c)), ("sn triton", sn.SwitchNorm2d(c, implementation="triton")))
+        for name, layer in layers:
+            layer = layer.cuda().train()
+            for _ in range(3):  # (compiled and warm)
+                layer(x).backward(g)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    layer(x).backward(g)
+                torch.cuda.synchronize()
+            kernels = sorted((e for e in prof.key_averages() if e.self_device_time_total > 0),
+                             key=lambda e: -e.self_device_time_total)
+            total = sum(e.self_device_time_total for e in kernels) / steps
+            print(f"\n## device time per training step, {name}, ({n}, {c}, {hw}, {hw}): {total:.1f} us in "
+                  f"{sum(e.count for e in kernels) / steps:.0f} kernels\n")
+            print("| kernel | per step | us per step |\n|---|---|---|")
+            for e in kernels:
+                print(f"| {e.key[:70]} | {e.count / steps:g} | {e.self_device_time_total / steps:.1f} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shape", default="8x64x56")
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--kernel-shapes", default="8x256x14,32x256x56",
+                        help="N x C x H=W shapes of the per-kernel device times, comma-separated")
     args = parser.parse_args(argv)
+    kernel_shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.kernel_shapes.split(",")]
     n, c, hw = (int(v) for v in args.shape.split("x"))
     x = torch.randn(n, c, hw, hw, device="cuda", requires_grad=True)
     g = torch.randn_like(x)
@@ -86,6 +118,8 @@ def main(argv=None):
         text = io.StringIO()
         pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(22)
         print(f"\n## cProfile, {label} {mode}, {args.calls} calls\n" + text.getvalue())
+    kernel_times(kernel_shapes)
+
 
 if __name__ == "__main__":
     main()

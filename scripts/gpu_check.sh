@@ -14,7 +14,8 @@
 #    runs by default (the Triton kernels; eager also with sn.triton_launch on), at the CPU shapes
 #    and ResNet-50's stage shapes, contiguous and channels_last, eager and replayed from CUDA
 #    graphs, a ResNet-50 step;
-# 3. host-profile: bench/host_profile.py, where a layer's host time goes (cProfile, launch costs);
+# 3. host-profile: bench/host_profile.py, where a layer's host time goes (cProfile, launch costs)
+#    and its device time (each kernel's, from torch.profiler);
 # 4. bench-bfloat16: the tables in bfloat16 (the input; parameters float32, as under autocast);
 # 5. bench-compiled: torch.compile'd BN and SN (the Triton kernels as custom operators) beside them at
 #    two shapes (every shape would take long);
@@ -51,7 +52,7 @@ S=${SCALE:-1}
 step tests $((360 * S)) "$PY" -m pytest -q -p no:cacheprovider tests/test_sn_triton_launch.py tests/test_sn_cuda.py \
     tests/test_sn_triton.py
 step bench-float32 $((240 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25
-step host-profile $((40 * S)) "$PY" -m bench.host_profile
+step host-profile $((60 * S)) "$PY" -m bench.host_profile
 step bench-bfloat16 $((90 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25 --dtype bfloat16 --no-e2e
 step bench-compiled $((150 * S)) "$PY" -m bench.bench_sn --device cuda --repeats 25 --compile --no-e2e \
     --shapes 8x64x56,32x256x56
