@@ -14,6 +14,10 @@ eager path would take the Triton kernels.
 Operators return distinct tensors that alias neither their inputs nor each other, so the
 statistics a call does not mix come back as empty placeholders ``(0,)``, which the backward
 swaps back for a buffer the kernels can be pointed at (and never read).
+
+Changing the operators' arguments or outputs needs new operator names: ``torch.compile``'s
+on-disk caches know a custom operator by its name alone and would serve graphs compiled against
+the former operators (``tests/conftest.py`` gives each test run a cache of its own).
 """
 from __future__ import annotations
 
