@@ -12,17 +12,19 @@ divisibility, pointers on their dtype and 16-byte alignment, and floats not at a
 ``tests/test_sn_triton_launch.py`` checks this against Triton's own binder). Changing Triton's
 knobs (debug, instrumentation, hooks) after a call has been cached is not followed.
 
-Set :data:`ENABLED` to ``True``, or run the steps within ``with direct():``, to use it. It stays
-off until a GPU measurement shows it ahead (``bench/bench_sn.py --device cuda`` times both);
-without a GPU (Triton's interpreter) calls always take Triton's own path.
+Run the steps within ``with direct():``, set :data:`ENABLED` to ``True``, or start Python with
+``SN_TRITON_DIRECT=1`` in the environment, to use it. It stays off until a GPU measurement shows
+it ahead (``bench/bench_sn.py --device cuda`` times both); without a GPU (Triton's interpreter)
+calls always take Triton's own path.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 
 from torch import Tensor
 
-ENABLED = False
+ENABLED = os.environ.get("SN_TRITON_DIRECT", "0").strip().lower() in ("1", "true", "yes", "on")
 _MAX_ENTRIES = 4096  # (one per distinct call: shapes, dtypes, alignments; cleared when full)
 _COMPILED: dict = {}
 

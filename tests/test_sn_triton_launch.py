@@ -121,6 +121,19 @@ def test_launch_reuses_a_program_only_for_calls_triton_would_compile_alike(monke
                 SNL.launch(kernel, (4,), x, 10, **bad)
 
 
+@pytest.mark.parametrize("value,enabled", [("1", True), ("on", True), ("0", False), ("", False)])
+def test_the_environment_switches_direct_launches_on(value, enabled):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, SN_TRITON_DIRECT=value)
+    done = subprocess.run([sys.executable, "-c", "import sn; print(sn.triton_launch.ENABLED)"], env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(enabled)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="launches compiled programs: needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
