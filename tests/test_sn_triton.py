@@ -210,9 +210,10 @@ def test_triton_operators_pass_opcheck(stats, devices, running, affine):
     torch.library.opcheck(SNT.forward_op, args)
     out, *saved = SNT.forward_op(*args)
     grad = torch.randn(out.shape, generator=g).to(DEVICE)
-    torch.library.opcheck(SNT.backward_op, (grad, x.detach(), params[0].detach(), params[1].detach(),
-                                            None if affine_params[0] is None else affine_params[0].detach(),
-                                            *bn, [t.detach() for t in saved], *args[7:], True))
+    for need_x in (True, False):  # (without dx the logits' gradients take a kernel of their own)
+        torch.library.opcheck(SNT.backward_op, (grad, x.detach(), params[0].detach(), params[1].detach(),
+                                                None if affine_params[0] is None else affine_params[0].detach(),
+                                                *bn, [t.detach() for t in saved], *args[7:], need_x))
 
 
 TILINGS = [  # (module constants of sn.triton_path): real sizes, and tiles small enough that every loop turns
