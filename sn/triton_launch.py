@@ -9,8 +9,9 @@ specialization, so a cached program is only ever reused for a call Triton would 
 the same way: an integer counts by its value, a tensor by its dtype and whether its address is a
 multiple of 16 bytes, a float by its type alone (Triton specializes integers on their value's
 divisibility, pointers on their dtype and 16-byte alignment, and floats not at all;
-``tests/test_sn_triton_launch.py`` checks this against Triton's own binder). Changing Triton's
-knobs (debug, instrumentation, hooks) after a call has been cached is not followed.
+``tests/test_sn_triton_launch.py`` checks this against Triton's own binder). Triton's launch
+hooks (profilers) are called as on its own path; switching its debug or instrumentation knobs
+after a call has been cached is not followed.
 
 Run the steps within ``with direct():``, set :data:`ENABLED` to ``True``, or start Python with
 ``SN_TRITON_DIRECT=1`` in the environment, to use it. It stays off until a GPU measurement shows
