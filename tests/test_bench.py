@@ -48,6 +48,22 @@ def test_eval_deploy_figure_compares_sn_sparse_sn_and_frozen(capsys):
     assert "| ssn frozen, tied |" in out and "21 of 21 layers plain" in out
 
 
+def test_launch_cost_table_without_a_gpu():
+    """bench.launch_cost times every launch of a training step on Triton's own path and through
+    sn.triton_launch, with a stand-in driver (no GPU): one row per launch, each time positive."""
+    pytest.importorskip("triton")
+    import os
+
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the stand-in driver is for machines without a GPU, and compiles (no interpreter)")
+    from bench import launch_cost
+
+    rows = launch_cost.main(["--calls", "20"])
+    assert [r[0] for r in rows] == ["row_moments_kernel", "pool_kernel", "mix_apply_kernel", "row_grad_sums_kernel",
+                                    "mix_grad_kernel", "grad_rows_kernel"]
+    assert all(own > 0 and direct > 0 for *_, own, direct in rows)
+
+
 def test_launch_count_table_from_the_command_line():
     """bench.launches in a process of its own (it switches Triton's interpreter on): BN's three
     operations a training step, the PyTorch-operation path's ~90 and the Triton path's six

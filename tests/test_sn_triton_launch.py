@@ -66,6 +66,45 @@ def test_the_cache_key_is_finer_than_triton_s_specialization():
     assert seen_alignment > 100 and seen_float > 10, (seen_alignment, seen_float)
 
 
+def _same_launch(a, b):
+    """Whether two argument lists Triton's launcher got are the same launch: the same tensors,
+    values, program, grid and stream (the launch metadata compared by content)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if hasattr(x, "get") and type(x).__name__ == "LazyDict":
+            if x.get() != y.get():
+                return False
+        elif not (x is y or (type(x) is type(y) and not isinstance(x, torch.Tensor) and x == y)):
+            return False
+    return True
+
+
+@pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(),
+                    reason="stands in for a GPU: on a GPU the launches run (the test below)")
+def test_direct_launches_hand_triton_s_launcher_what_its_own_path_does():
+    """With Triton's driver replaced by one that compiles for sm_90 and records launches
+    (bench.launch_cost.recording_driver): for every launch sn.triton_path makes (the cases of
+    tests/test_sn_triton_compile.py), Triton's own path, sn.triton_launch's first call (through
+    Triton) and its second (the compiled program launched directly) hand the launcher the same
+    program, grid, stream and arguments."""
+    from bench.launch_cost import recording_driver
+    from test_sn_triton_compile import _launches
+
+    direct, before = 0, dict(SNL._COMPILED)
+    with recording_driver() as calls, SNL.direct():
+        for fn, args, kwargs in _launches():
+            start = len(calls)
+            fn[(3, 2)](*args, **kwargs)
+            for _ in range(2):
+                SNL.launch(fn, (3, 2), *args, **kwargs)
+            own, *ours = calls[start:]
+            assert len(ours) == 2 and all(_same_launch(own, other) for other in ours), fn.__name__
+            direct += 1
+        assert len(SNL._COMPILED) > 20  # (distinct programs, each launched directly at least once)
+    assert direct > 100 and SNL._COMPILED == before  # (the stand-in's programs are gone)
+
+
 class _Compiled:
     function = object()  # (what marks a compiled program)
 

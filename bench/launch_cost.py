@@ -1,0 +1,161 @@
+"""The host's cost of launching each Triton kernel of a training step, Triton's own path
+(``kernel[grid](...)``) against ``sn.triton_launch``'s direct launches, measured without a GPU.
+
+    .venv/bin/python -m bench.launch_cost [--calls 3000]
+
+Triton's driver is replaced by :class:`RecordingDriver`, which compiles for an sm_90 GPU (the
+real compiler and ptxas, as ``tests/test_sn_triton_compile.py`` uses them) and hands each launch
+to a launcher that records its arguments instead of calling the CUDA driver. Everything Triton
+does in Python before that call is timed, as is everything ``sn.triton_launch`` does; the CUDA
+driver's own launch (a few microseconds on a GPU machine) is not. The launches are those of
+``sn.triton_path`` for a (32, 256, 14, 14) float32 input mixing IN, LN and BN.
+"""
+import argparse
+import contextlib
+import gc
+import statistics
+import time
+
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.runtime.driver import driver
+
+from sn import triton_kernels as K
+from sn import triton_launch as SNL
+
+
+class _RecordingLauncher:
+    """Stands in for Triton's CUDA launcher: appends every launch's arguments to ``calls``."""
+
+    calls = []
+
+    def __init__(self, src, metadata):
+        self.src, self.metadata = src, metadata
+
+    def __call__(self, *args):
+        _RecordingLauncher.calls.append(args)
+
+
+class _Utils:
+    def get_device_properties(self, device):
+        return {"max_shared_mem": 232448, "multiprocessor_count": 132, "max_num_regs": 65536, "warpSize": 32,
+                "sm_clock_rate": 1980000, "mem_clock_rate": 2619000, "mem_bus_width": 5120}
+
+    def load_binary(self, name, kernel, shared, device):
+        return 1, 1, 0, 0, 1024  # (module, function, registers, spills, threads: never used to launch)
+
+    def unload_module(self, module):
+        pass
+
+
+class RecordingDriver:
+    """Triton's active driver while no GPU is there: an sm_90 target, device 0, stream 0."""
+
+    def __init__(self):
+        self.utils = _Utils()
+        self.launcher_cls = _RecordingLauncher
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def recording_driver():
+    """Within the block Triton compiles sn's kernels for sm_90 and records their launches (the
+    argument lists its launcher gets) in the yielded list. On leaving, the programs compiled for
+    the stand-in driver are dropped from Triton's and ``sn.triton_launch``'s in-memory caches, so
+    that no later launch on a real GPU can find one."""
+    if torch.cuda.is_available():
+        raise RuntimeError("recording_driver stands in for a GPU; this machine has one: measure on it instead")
+    before, compiled = driver._active, dict(SNL._COMPILED)
+    driver.set_active(RecordingDriver())
+    _RecordingLauncher.calls = []
+    try:
+        yield _RecordingLauncher.calls
+    finally:
+        for kernel in K.KERNELS:
+            kernel.device_caches.clear()
+        SNL._COMPILED.clear()
+        gc.collect()  # (the programs unload through the driver that loaded them)
+        driver._active = before
+        SNL._COMPILED.update(compiled)
+
+
+def step_launches():
+    """``(kernel, grid, args, constexprs)`` of every launch of one training step of
+    ``sn.triton_path`` at (32, 256, 14, 14), float32, IN/LN/BN (recorded, not run)."""
+    from sn import triton_path as TP
+    from sn.config import Config
+
+    launches = []
+
+    class Record:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.kernel, grid, args, kwargs))
+
+    x3 = torch.randn(32, 256, 196)
+    c = x3.shape[1]
+    logits, ones = torch.zeros(3), torch.ones(c)
+    config = Config(("in", "ln", "bn"), 1, 1, 1e-5)
+    for kernel in K.KERNELS:
+        setattr(K, kernel.__name__, Record(kernel))
+    try:
+        _, saved, _ = TP.forward(x3, logits, logits, ones, ones, config, None, None,
+                                 (torch.zeros(c), torch.ones(c), 0.1, 1.0), save=True)
+        TP.backward(torch.randn_like(x3), x3, logits, logits, ones, config, None, saved)
+    finally:
+        for kernel in K.KERNELS:
+            setattr(K, kernel.__name__, kernel)
+    return launches
+
+
+def _median_us(fn, calls):
+    for _ in range(100):
+        fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=3000, help="timed launches per figure (default 3000)")
+    args = parser.parse_args(argv)
+    launches = step_launches()
+    rows, totals = [], [0.0, 0.0]
+    with recording_driver():
+        for kernel, grid, kargs, kwargs in launches:
+            kernel[grid](*kargs, **kwargs)  # (compiled, or found in Triton's cache on disk)
+            own = _median_us(lambda: kernel[grid](*kargs, **kwargs), args.calls)
+            with SNL.direct():
+                direct = _median_us(lambda: SNL.launch(kernel, grid, *kargs, **kwargs), args.calls)
+            rows.append((kernel.__name__, len(kargs), len(kwargs), own, direct))
+            totals[0] += own
+            totals[1] += direct
+    print("### host time per launch before the CUDA driver's call, no GPU (median us)\n")
+    print("| kernel | arguments (+ constexprs) | Triton's path | direct | ratio |")
+    print("|---|---|---|---|---|")
+    for name, n_args, n_const, own, direct in rows:
+        print(f"| {name} | {n_args} (+{n_const}) | {own:.1f} | {direct:.1f} | {direct / own:.2f}x |")
+    print(f"| a training step ({len(rows)} launches) | | {totals[0]:.1f} | {totals[1]:.1f} | "
+          f"{totals[1] / totals[0]:.2f}x |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
