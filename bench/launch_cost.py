@@ -25,15 +25,17 @@ from sn import triton_launch as SNL
 
 
 class _RecordingLauncher:
-    """Stands in for Triton's CUDA launcher: appends every launch's arguments to ``calls``."""
+    """Stands in for Triton's CUDA launcher: appends every launch's arguments to ``calls`` (unless
+    that is None)."""
 
-    calls = []
+    calls = None
 
     def __init__(self, src, metadata):
         self.src, self.metadata = src, metadata
 
     def __call__(self, *args):
-        _RecordingLauncher.calls.append(args)
+        if _RecordingLauncher.calls is not None:
+            _RecordingLauncher.calls.append(args)
 
 
 class _Utils:
@@ -69,19 +71,20 @@ class RecordingDriver:
 
 
 @contextlib.contextmanager
-def recording_driver():
+def recording_driver(record=True):
     """Within the block Triton compiles sn's kernels for sm_90 and records their launches (the
-    argument lists its launcher gets) in the yielded list. On leaving, the programs compiled for
+    argument lists its launcher gets) in the yielded list (``record``; else drops them). On leaving, the programs compiled for
     the stand-in driver are dropped from Triton's and ``sn.triton_launch``'s in-memory caches, so
     that no later launch on a real GPU can find one."""
     if torch.cuda.is_available():
         raise RuntimeError("recording_driver stands in for a GPU; this machine has one: measure on it instead")
     before, compiled = driver._active, dict(SNL._COMPILED)
     driver.set_active(RecordingDriver())
-    _RecordingLauncher.calls = []
+    _RecordingLauncher.calls = [] if record else None
     try:
         yield _RecordingLauncher.calls
     finally:
+        _RecordingLauncher.calls = None
         for kernel in K.KERNELS:
             kernel.device_caches.clear()
         SNL._COMPILED.clear()
@@ -154,7 +157,37 @@ def main(argv=None):
         print(f"| {name} | {n_args} (+{n_const}) | {own:.1f} | {direct:.1f} | {direct / own:.2f}x |")
     print(f"| a training step ({len(rows)} launches) | | {totals[0]:.1f} | {totals[1]:.1f} | "
           f"{totals[1] / totals[0]:.2f}x |")
+    own, direct = step_host_time(args.calls // 10)
+    print(f"\nA whole training step of one layer on the host (autograd, sn's Python, the six launches; "
+          f"(32, 256, 14, 14)): Triton's path {own:.0f} us, direct {direct:.0f} us ({direct / own:.2f}x)")
     return rows
+
+
+def step_host_time(calls):
+    """Median host time of one training step of :class:`sn.triton_path.TritonSwitchNorm` on CPU
+    tensors with the launches recorded by the stand-in driver: ``(Triton's path, direct)``."""
+    from sn import triton_path as TP
+    from sn.config import Config
+
+    c = 256
+    x3 = torch.randn(32, c, 196, requires_grad=True)
+    grad = torch.randn_like(x3)
+    logits = [torch.zeros(3, requires_grad=True) for _ in range(2)]
+    affine = [torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True)]
+    config = Config(("in", "ln", "bn"), 1, 1, 1e-5)
+    running = (torch.zeros(c), torch.ones(c), 0.1, 1.0)
+
+    def step():
+        for t in (x3, *logits, *affine):  # (the gradients are taken, not added: no arithmetic on the CPU)
+            t.grad = None
+        out, = TP.TritonSwitchNorm.apply(x3, *logits, *affine, config, None, None, running)
+        out.backward(grad)
+
+    with recording_driver(record=False):
+        own = _median_us(step, calls)
+        with SNL.direct():
+            direct = _median_us(step, calls)
+    return own, direct
 
 
 if __name__ == "__main__":
