@@ -1,5 +1,6 @@
 """The host's cost of launching each Triton kernel of a training step, Triton's own path
-(``kernel[grid](...)``) against ``sn.triton_launch``'s direct launches, measured without a GPU.
+(``kernel[grid](...)``) against ``sn.triton_launch``'s direct launches (keyed by a look at every
+argument, and by the call site as ``sn.triton_path`` keys them), measured without a GPU.
 
     .venv/bin/python -m bench.launch_cost [--calls 3000]
 
@@ -73,9 +74,9 @@ class RecordingDriver:
 @contextlib.contextmanager
 def recording_driver(record=True):
     """Within the block Triton compiles sn's kernels for sm_90 and records their launches (the
-    argument lists its launcher gets) in the yielded list (``record``; else drops them). On leaving, the programs compiled for
-    the stand-in driver are dropped from Triton's and ``sn.triton_launch``'s in-memory caches, so
-    that no later launch on a real GPU can find one."""
+    argument lists its launcher gets) in the yielded list (``record``; else drops them). On
+    leaving, the programs compiled for the stand-in driver are dropped from Triton's and
+    ``sn.triton_launch``'s in-memory caches, so that no later launch on a real GPU can find one."""
     if torch.cuda.is_available():
         raise RuntimeError("recording_driver stands in for a GPU; this machine has one: measure on it instead")
     before, compiled = driver._active, dict(SNL._COMPILED)
@@ -140,26 +141,31 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=3000, help="timed launches per figure (default 3000)")
     args = parser.parse_args(argv)
     launches = step_launches()
-    rows, totals = [], [0.0, 0.0]
+    rows, totals = [], [0.0, 0.0, 0.0]
     with recording_driver():
         for kernel, grid, kargs, kwargs in launches:
             kernel[grid](*kargs, **kwargs)  # (compiled, or found in Triton's cache on disk)
             own = _median_us(lambda: kernel[grid](*kargs, **kwargs), args.calls)
             with SNL.direct():
                 direct = _median_us(lambda: SNL.launch(kernel, grid, *kargs, **kwargs), args.calls)
-            rows.append((kernel.__name__, len(kargs), len(kwargs), own, direct))
-            totals[0] += own
-            totals[1] += direct
+                site = ("bench", kernel.__name__)  # (a call site's key: computed once for its launches)
+                at = _median_us(lambda: SNL.launch_at(site, kernel, grid, *kargs, **kwargs), args.calls)
+            rows.append((kernel.__name__, len(kargs), len(kwargs), own, direct, at))
+            for i, t in enumerate((own, direct, at)):
+                totals[i] += t
     print("### host time per launch before the CUDA driver's call, no GPU (median us)\n")
-    print("| kernel | arguments (+ constexprs) | Triton's path | direct | ratio |")
+    print("| kernel | arguments (+ constexprs) | Triton's path | direct, every argument looked at | "
+          "direct, keyed by call site |")
     print("|---|---|---|---|---|")
-    for name, n_args, n_const, own, direct in rows:
-        print(f"| {name} | {n_args} (+{n_const}) | {own:.1f} | {direct:.1f} | {direct / own:.2f}x |")
-    print(f"| a training step ({len(rows)} launches) | | {totals[0]:.1f} | {totals[1]:.1f} | "
-          f"{totals[1] / totals[0]:.2f}x |")
+    for name, n_args, n_const, own, direct, at in rows:
+        print(f"| {name} | {n_args} (+{n_const}) | {own:.1f} | {direct:.1f} ({direct / own:.2f}x) | "
+              f"{at:.1f} ({at / own:.2f}x) |")
+    print(f"| a training step ({len(rows)} launches) | | {totals[0]:.1f} | {totals[1]:.1f} "
+          f"({totals[1] / totals[0]:.2f}x) | {totals[2]:.1f} ({totals[2] / totals[0]:.2f}x) |")
     own, direct = step_host_time(args.calls // 10)
     print(f"\nA whole training step of one layer on the host (autograd, sn's Python, the six launches; "
-          f"(32, 256, 14, 14)): Triton's path {own:.0f} us, direct {direct:.0f} us ({direct / own:.2f}x)")
+          f"(32, 256, 14, 14)): Triton's path {own:.0f} us, direct (as sn.triton_path launches) {direct:.0f} us "
+          f"({direct / own:.2f}x)")
     return rows
 
 

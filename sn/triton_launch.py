@@ -36,19 +36,41 @@ def spec_key(args) -> tuple:
                  for a in args)
 
 
+def tensor_key(*tensors) -> tuple:
+    """Each tensor's dtype and whether its address is a multiple of 16 bytes (None for None): the
+    part of a call site's key (:func:`launch_at`) that comes from tensors it did not allocate."""
+    return tuple(None if t is None else (t.dtype, not t.data_ptr() & 15) for t in tensors)
+
+
 def launch(kernel, grid, *args, **constexprs) -> None:
     """``kernel[grid](*args, **constexprs)``: the first call per distinct key through Triton, the
     later ones through the compiled program it returned. ``constexprs`` are the kernel's
     compile-time parameters (its last ones) and launch options such as ``num_warps``."""
+    _launch(kernel, grid, None, args, constexprs)
+
+
+def launch_at(site, kernel, grid, *args, **constexprs) -> None:
+    """:func:`launch` keyed by its caller's ``site`` instead of a look at every argument. The
+    caller promises that ``site`` (a hashable value, with ``constexprs``) determines the device and
+    every argument's specialization: each integer's value, each tensor's dtype and 16-byte
+    alignment (:func:`tensor_key` of the tensors it did not allocate itself; those it allocates are
+    aligned by PyTorch's allocator, and views into them at offsets that ``site`` determines).
+    ``tests/test_sn_triton_launch.py`` holds ``sn.triton_path``'s sites to that against Triton's
+    binder. ``site`` None (a caller that does not compute one while direct launches are off) is
+    :func:`launch`."""
+    _launch(kernel, grid, site, args, constexprs)
+
+
+def _launch(kernel, grid, site, args, constexprs) -> None:
     names = getattr(kernel, "arg_names", None)
     if not ENABLED or names is None:  # (off; or a wrapper of the kernel, e.g. a test's launch recorder)
         kernel[grid](*args, **constexprs)
         return
-    key = (kernel, args[0].device.index, tuple(constexprs.items()), spec_key(args))
+    # (the kernel by id: hashing a JITFunction is slow; the entry keeps it, and a hit checks it)
+    key = (id(kernel), (args[0].device.index, spec_key(args)) if site is None else site, tuple(constexprs.items()))
     entry = _COMPILED.get(key)
-    if entry is not None:
-        compiled, tail = entry
-        compiled[grid + (1,) * (3 - len(grid))](*args, *tail)
+    if entry is not None and entry[0] is kernel:
+        entry[1][grid + (1,) * (3 - len(grid))](*args, *entry[2])
         return
     if any(not kernel.params[i].is_constexpr or names[i] not in constexprs for i in range(len(args), len(names))):
         raise TypeError(f"sn.triton_launch.launch: {kernel.__name__} takes its runtime arguments by position and "
@@ -57,10 +79,9 @@ def launch(kernel, grid, *args, **constexprs) -> None:
     compiled = kernel[grid](*args, **constexprs)
     if compiled is None or not hasattr(compiled, "function"):  # (Triton's interpreter returns no program)
         return
-    tail = tuple(constexprs[name] for name in names[len(args):])
     if len(_COMPILED) >= _MAX_ENTRIES:
         _COMPILED.clear()
-    _COMPILED[key] = (compiled, tail)
+    _COMPILED[key] = (kernel, compiled, tuple(constexprs[name] for name in names[len(args):]))
 
 
 @contextlib.contextmanager
@@ -75,4 +96,4 @@ def direct(enabled: bool = True):
         ENABLED = before
 
 
-__all__ = ["ENABLED", "direct", "launch", "spec_key"]
+__all__ = ["ENABLED", "direct", "launch", "launch_at", "spec_key", "tensor_key"]

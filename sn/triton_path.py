@@ -26,7 +26,8 @@ except ImportError as err:  # pragma: no cover - triton ships with torch's Linux
     raise ImportError(f"sn's Triton kernels need the triton package ({err}); use implementation='torch'") from err
 
 from . import triton_kernels as K
-from .triton_launch import launch
+from . import triton_launch
+from .triton_launch import launch_at, tensor_key
 
 _TILE = 1024  # elements per tile of the (N, C)-sized kernels
 _CHANNEL_TILE = 32  # channels per program of the per-channel (BN, affine) sums
@@ -91,6 +92,7 @@ class _Plan(NamedTuple):
     pool_grid: Tuple[int]  # (0,) when there is nothing to pool
     grad_samples: int  # mix_grad_kernel's per-sample programs (IN, LN, GN)
     grad_grid: Tuple[int]
+    key: tuple  # what it was computed from (shape, strides, configuration, tile constants)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -114,7 +116,8 @@ def _cached_plan(n, c, l, strides, stats, groups, devices, batch_bn, constants) 
                  {f"{op.upper()}_K": i for op, i in index.items()}, rows, block, steps, tiles,
                  (_cdiv(n * c, rows),), (_cdiv(n * c, rows), _cdiv(l, block * steps)),
                  pool_samples, (pool_samples + (channel_programs if batch_bn else 0),),
-                 grad_samples, (grad_samples + channel_programs,))
+                 grad_samples, (grad_samples + channel_programs,),
+                 (n, c, l, strides, stats, groups, devices, batch_bn, constants))
 
 
 def _plan(x3: Tensor, config: Config, bn_mean: Optional[Tensor]) -> _Plan:
@@ -172,11 +175,16 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optiona
     p = _plan(x3, config, bn_mean)
     n, c, l = x3.shape
     has = p.has
+    # (sn.triton_launch's key for these launches, when on: the plan fixes every integer and the
+    # layout of what is allocated here; the rest is the given tensors' dtypes and alignment, and the flags)
+    site = (p.key, x3.get_device(), tensor_key(x3, mean_logits, var_logits, weight, bias, bn_mean, bn_var,
+                                               *(running[:2] if running is not None else (None, None))),
+            save, running is not None) if triton_launch.ENABLED else None
     f32 = dict(dtype=torch.float32, device=x3.device)
     mean_in = torch.empty((n, c), **f32)
     var_in = torch.empty_like(mean_in)
-    launch(K.row_moments_kernel, p.row_grid, x3, mean_in, var_in, n * c, c, l, *p.strides, ROWS=p.rows,
-           BLOCK=p.block)
+    launch_at(site, K.row_moments_kernel, p.row_grid, x3, mean_in, var_in, n * c, c, l, *p.strides, ROWS=p.rows,
+              BLOCK=p.block)
     ln = (torch.empty(n, **f32), torch.empty(n, **f32)) if has["ln"] else (mean_in, mean_in)
     gn = (torch.empty((n, p.groups), **f32), torch.empty((n, p.groups), **f32)) if has["gn"] else (mean_in, mean_in)
     if p.batch_bn:
@@ -186,13 +194,13 @@ def forward(x3: Tensor, mean_logits: Tensor, var_logits: Tensor, weight: Optiona
     update = p.batch_bn and running is not None
     if p.pool_grid[0]:
         run_m, run_v, momentum, unbias = running if update else (mean_in, mean_in, 0.0, 1.0)
-        launch(K.pool_kernel, p.pool_grid, mean_in, var_in, *ln, *gn, *bn, run_m, run_v, float(momentum),
-               float(unbias), n, c, p.groups, p.group_size, p.devices, p.samples, p.pool_samples, HAS_LN=has["ln"],
-               HAS_GN=has["gn"], HAS_BN=p.batch_bn, UPDATE=update, **p.tiles)
+        launch_at(site, K.pool_kernel, p.pool_grid, mean_in, var_in, *ln, *gn, *bn, run_m, run_v, float(momentum),
+                  float(unbias), n, c, p.groups, p.group_size, p.devices, p.samples, p.pool_samples, HAS_LN=has["ln"],
+                  HAS_GN=has["gn"], HAS_BN=p.batch_bn, UPDATE=update, **p.tiles)
     out = torch.empty_like(x3)  # (the input's layout)
     mu, rstd = (torch.empty((n, c), **f32), torch.empty((n, c), **f32)) if save else (mean_in, mean_in)
-    launch(
-        K.mix_apply_kernel, p.out_grid,
+    launch_at(
+        site, K.mix_apply_kernel, p.out_grid,
         x3, out, mean_in, var_in, mean_logits, var_logits, weight if weight is not None else mean_in,
         bias if bias is not None else mean_in, *ln, *gn, *bn, mu, rstd, float(config.eps), n * c, c, l, p.groups,
         p.group_size, p.samples, *p.strides, K=p.k, **p.positions, HAS_W=weight is not None, HAS_B=bias is not None,
@@ -217,17 +225,20 @@ def backward(g: Tensor, x3: Tensor, mean_logits: Tensor, var_logits: Tensor, wei
     n, c, l = x3.shape
     has = p.has
     g = in_layout(g, x3)
+    site = (p.key, x3.get_device(), tensor_key(g, x3, mean_logits, var_logits, weight, saved.mean_in, saved.var_in,
+                                               saved.mu, saved.rstd, *saved.ln, *saved.gn, *saved.bn),
+            need_dx) if triton_launch.ENABLED else None
     f32 = dict(dtype=torch.float32, device=x3.device)
     s_g, s_gx = torch.empty((2, n, c), **f32).unbind()  # the rows' sums of g and of g * (x - mean)
-    launch(K.row_grad_sums_kernel, p.row_grid, g, x3, saved.mean_in, s_g, s_gx, n * c, c, l, *p.strides,
-           ROWS=p.rows, BLOCK=p.block, num_warps=8)
+    launch_at(site, K.row_grad_sums_kernel, p.row_grid, g, x3, saved.mean_in, s_g, s_gx, n * c, c, l, *p.strides,
+              ROWS=p.rows, BLOCK=p.block, num_warps=8)
     in_dm, in_dv, ln_dm, ln_dv = torch.empty((4, n), **f32).unbind()  # IN's weighted sums, LN's sums (mean, var)
     gn_dm, gn_dv = torch.empty((2, n, p.groups), **f32).unbind() if has["gn"] else (in_dm, in_dm)
     bn_dm, bn_dv = torch.empty((2, p.devices, c), **f32).unbind() if has["bn"] else (in_dm, in_dm)
     d_weight, d_bias = torch.empty(c, **f32), torch.empty(c, **f32)  # (distinct: sn.triton_ops returns them)
     w = weight if weight is not None else saved.mean_in
-    launch(
-        K.mix_grad_kernel, p.grad_grid,
+    launch_at(
+        site, K.mix_grad_kernel, p.grad_grid,
         saved.mean_in, saved.var_in, saved.mu, saved.rstd, s_g, s_gx, w, in_dm, in_dv, ln_dm, ln_dv, gn_dm, gn_dv,
         bn_dm, bn_dv, d_weight, d_bias, n, c, p.groups, p.group_size, p.devices, p.samples, p.grad_samples,
         HAS_IN=has["in"], HAS_LN=has["ln"], HAS_GN=has["gn"], HAS_BN=has["bn"], HAS_W=weight is not None, **p.tiles)
@@ -235,13 +246,13 @@ def backward(g: Tensor, x3: Tensor, mean_logits: Tensor, var_logits: Tensor, wei
     # (8 running sums in the logits' gradient: 1024-wide tiles spilled on sm_80 with Triton 3.6)
     logit_block = min(_TILE, 256)
     if not need_dx:
-        launch(K.logit_grad_kernel, (1,), mean_logits, var_logits, d_mean_logits, d_var_logits, in_dm, in_dv,
-               *saved.ln, ln_dm, ln_dv, *saved.gn, gn_dm, gn_dv, *saved.bn, bn_dm, bn_dv, n, n * p.groups,
-               p.devices * c, K=p.k, **p.positions, BLOCK=logit_block)
+        launch_at(site, K.logit_grad_kernel, (1,), mean_logits, var_logits, d_mean_logits, d_var_logits, in_dm, in_dv,
+                  *saved.ln, ln_dm, ln_dv, *saved.gn, gn_dm, gn_dv, *saved.bn, bn_dm, bn_dv, n, n * p.groups,
+                  p.devices * c, K=p.k, **p.positions, BLOCK=logit_block)
         return None, d_mean_logits, d_var_logits, d_weight, d_bias
     dx = torch.empty_like(x3)  # (and the logits' gradients, in the first program)
-    launch(
-        K.grad_rows_kernel, p.out_grid,
+    launch_at(
+        site, K.grad_rows_kernel, p.out_grid,
         g, x3, dx, saved.mean_in, saved.mu, saved.rstd, s_g, s_gx, w, mean_logits, var_logits, saved.ln[0], ln_dm,
         ln_dv, saved.gn[0], gn_dm, gn_dv, saved.bn[0], bn_dm, bn_dv, d_mean_logits, d_var_logits, in_dm, in_dv,
         saved.ln[1], saved.gn[1], saved.bn[1], n * c, c, l, p.groups, p.group_size, p.samples, *p.strides, K=p.k,

@@ -61,7 +61,7 @@ def test_launch_cost_table_without_a_gpu():
     rows = launch_cost.main(["--calls", "20"])
     assert [r[0] for r in rows] == ["row_moments_kernel", "pool_kernel", "mix_apply_kernel", "row_grad_sums_kernel",
                                     "mix_grad_kernel", "grad_rows_kernel"]
-    assert all(own > 0 and direct > 0 for *_, own, direct in rows)
+    assert all(own > 0 and direct > 0 and at > 0 for *_, own, direct, at in rows)
 
 
 def test_launch_count_table_from_the_command_line():

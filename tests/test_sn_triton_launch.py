@@ -66,6 +66,65 @@ def test_the_cache_key_is_finer_than_triton_s_specialization():
     assert seen_alignment > 100 and seen_float > 10, (seen_alignment, seen_float)
 
 
+def _given_tensors_step(x3, stats, groups, devices, training, off):
+    """One training step (forward with save, backward with and without dx) of sn.triton_path on
+    ``x3``, with the tensors the caller gives named in ``off`` moved off their 16-byte alignment."""
+    from sn import triton_path as TP
+    from sn.config import Config
+
+    def given(name, t):
+        return _misaligned(t).copy_(t) if name in off else t
+
+    c = x3.shape[1]
+    x3 = given("x", x3)
+    logits = [given("logits", torch.zeros(len(stats))) for _ in range(2)]
+    weight, bias = given("weight", torch.ones(c)), given("bias", torch.zeros(c))
+    running = [given("running", torch.zeros(c)), given("running", torch.ones(c))]
+    config = Config(stats, groups, devices if training else 1, 1e-5)
+    bn = (None, None) if training or "bn" not in stats else running
+    update = (*running, 0.1, 1.01) if training and "bn" in stats else None
+    _, saved, _ = TP.forward(x3, *logits, weight, bias, config, *bn, update, save=True)
+    for need_dx in (True, False):
+        TP.backward(given("g", torch.empty_like(x3)), x3, *logits, weight, config, bn[0], saved, need_dx=need_dx)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="Triton's binder for a real GPU target (the interpreter binds nothing)")
+def test_sn_s_call_site_keys_determine_triton_s_specialization(monkeypatch):
+    """sn.triton_path keys its launches by call site (sn.triton_launch.launch_at): over every
+    statistic set, float32 and bfloat16, both layouts, short and long rows, and each tensor the
+    caller gives (input, output gradient, logits, affine parameters, running statistics) moved off
+    its 16-byte alignment in turn, launches with the same key get the same specialization from
+    Triton's binder (and misaligning a given tensor does change it: the keys must see it)."""
+    from test_sn_triton_compile import CONFIGS, TARGETS, _rows_view
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    records = []
+    monkeypatch.setattr(SNL, "_launch", lambda kernel, grid, site, args, constexprs:
+                        records.append((kernel, site, args, constexprs)))
+    with SNL.direct():  # (the sites are computed while direct launches are on)
+        for dtype in (torch.float32, torch.bfloat16):
+            for shape in ((2, 64, 3, 5), (4, 32, 14, 14)):
+                for layout in (torch.contiguous_format, torch.channels_last):
+                    x3 = _rows_view(torch.randn(shape, dtype=dtype), layout)
+                    for config in CONFIGS:
+                        for off in ((), ("x",), ("g",), ("logits",), ("weight",), ("bias",), ("running",)):
+                            _given_tensors_step(x3, *config, off)
+    backend = make_backend(TARGETS[1])
+    binders, groups = {}, {}
+    for kernel, site, args, constexprs in records:
+        assert site is not None, kernel.__name__
+        if kernel not in binders:
+            binders[kernel] = create_function_from_signature(kernel.signature, kernel.params, backend)
+        _, specialization, options = binders[kernel](*args, **constexprs)
+        spec = repr(specialization) + repr(sorted(options.items()))
+        groups.setdefault((kernel.__name__, site, tuple(constexprs.items())), set()).add(spec)
+    conflicts = {key[0]: specs for key, specs in groups.items() if len(specs) > 1}
+    assert not conflicts, conflicts
+    specs = {spec for specs in groups.values() for spec in specs}
+    assert len(records) > 1000 and len(specs) > 100, (len(records), len(specs))
+
+
 def _same_launch(a, b):
     """Whether two argument lists Triton's launcher got are the same launch: the same tensors,
     values, program, grid and stream (the launch metadata compared by content)."""
@@ -103,6 +162,39 @@ def test_direct_launches_hand_triton_s_launcher_what_its_own_path_does():
             direct += 1
         assert len(SNL._COMPILED) > 20  # (distinct programs, each launched directly at least once)
     assert direct > 100 and SNL._COMPILED == before  # (the stand-in's programs are gone)
+
+
+@pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(),
+                    reason="stands in for a GPU: on a GPU the launches run (the test below)")
+def test_sn_s_direct_launches_hand_triton_s_launcher_what_its_own_path_does(monkeypatch):
+    """sn.triton_path's own launches (keyed by call site) with direct launches on, under the
+    stand-in driver: two training steps of every statistic set in both layouts (the second
+    launches every program directly), then each of those launches again on Triton's own path;
+    the launcher gets the same from both."""
+    from bench.launch_cost import recording_driver
+    from test_sn_triton_compile import CONFIGS, _rows_view
+
+    made, launch = [], SNL._launch
+
+    def spy(kernel, grid, site, args, constexprs):
+        made.append((kernel, grid, args, constexprs))
+        launch(kernel, grid, site, args, constexprs)
+
+    monkeypatch.setattr(SNL, "_launch", spy)
+    before = dict(SNL._COMPILED)
+    with recording_driver() as launched, SNL.direct():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x3 = _rows_view(torch.randn(4, 32, 5, 3), layout)
+            for config in CONFIGS:
+                for off in ((), ()):  # (the second step: every program launched directly)
+                    _given_tensors_step(x3, *config, off)
+        ours = list(launched)
+        launched.clear()
+        for kernel, grid, args, constexprs in made:
+            kernel[grid](*args, **constexprs)
+        assert len(ours) == len(launched) == len(made) > 50
+        assert all(_same_launch(a, b) for a, b in zip(ours, launched))
+    assert SNL._COMPILED == before
 
 
 class _Compiled:
