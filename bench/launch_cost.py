@@ -162,16 +162,18 @@ def main(argv=None):
               f"{at:.1f} ({at / own:.2f}x) |")
     print(f"| a training step ({len(rows)} launches) | | {totals[0]:.1f} | {totals[1]:.1f} "
           f"({totals[1] / totals[0]:.2f}x) | {totals[2]:.1f} ({totals[2] / totals[0]:.2f}x) |")
-    own, direct = step_host_time(args.calls // 10)
-    print(f"\nA whole training step of one layer on the host (autograd, sn's Python, the six launches; "
-          f"(32, 256, 14, 14)): Triton's path {own:.0f} us, direct (as sn.triton_path launches) {direct:.0f} us "
-          f"({direct / own:.2f}x)")
+    (own, direct), (own_eval, direct_eval) = step_host_time(args.calls // 10)
+    print(f"\nOne layer on the host, (32, 256, 14, 14), IN/LN/BN (autograd, sn's Python, the launches): a training "
+          f"step {own:.0f} us on Triton's path, {direct:.0f} us direct as sn.triton_path launches "
+          f"({direct / own:.2f}x); an eval call {own_eval:.0f} us, {direct_eval:.0f} us ({direct_eval / own_eval:.2f}x)")
     return rows
 
 
 def step_host_time(calls):
-    """Median host time of one training step of :class:`sn.triton_path.TritonSwitchNorm` on CPU
-    tensors with the launches recorded by the stand-in driver: ``(Triton's path, direct)``."""
+    """Median host time of one training step of :class:`sn.triton_path.TritonSwitchNorm` and of
+    one eval call of :func:`sn.triton_path.switch_norm` (running statistics, no gradient) on CPU
+    tensors, the launches dropped by the stand-in driver: ``((Triton's path, direct) for training,
+    (the same) for eval)``."""
     from sn import triton_path as TP
     from sn.config import Config
 
@@ -189,11 +191,15 @@ def step_host_time(calls):
         out, = TP.TritonSwitchNorm.apply(x3, *logits, *affine, config, None, None, running)
         out.backward(grad)
 
+    def evaluate():
+        with torch.no_grad():
+            TP.switch_norm(x3, *logits, *affine, config, running[0], running[1])
+
     with recording_driver(record=False):
-        own = _median_us(step, calls)
+        own = [_median_us(step, calls), _median_us(evaluate, calls)]
         with SNL.direct():
-            direct = _median_us(step, calls)
-    return own, direct
+            direct = [_median_us(step, calls), _median_us(evaluate, calls)]
+    return (own[0], direct[0]), (own[1], direct[1])
 
 
 if __name__ == "__main__":
