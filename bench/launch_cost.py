@@ -94,12 +94,10 @@ def recording_driver(record=True):
         SNL._COMPILED.update(compiled)
 
 
-def step_launches():
-    """``(kernel, grid, args, constexprs)`` of every launch of one training step of
-    ``sn.triton_path`` at (32, 256, 14, 14), float32, IN/LN/BN (recorded, not run)."""
-    from sn import triton_path as TP
-    from sn.config import Config
-
+@contextlib.contextmanager
+def recorded_launches():
+    """Within the block the kernels of ``sn.triton_kernels`` record their launches instead of
+    running: ``(kernel, grid, args, constexprs)`` in the yielded list."""
     launches = []
 
     class Record:
@@ -109,19 +107,29 @@ def step_launches():
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((self.kernel, grid, args, kwargs))
 
+    for kernel in K.KERNELS:
+        setattr(K, kernel.__name__, Record(kernel))
+    try:
+        yield launches
+    finally:
+        for kernel in K.KERNELS:
+            setattr(K, kernel.__name__, kernel)
+
+
+def step_launches():
+    """``(kernel, grid, args, constexprs)`` of every launch of one training step of
+    ``sn.triton_path`` at (32, 256, 14, 14), float32, IN/LN/BN (recorded, not run)."""
+    from sn import triton_path as TP
+    from sn.config import Config
+
     x3 = torch.randn(32, 256, 196)
     c = x3.shape[1]
     logits, ones = torch.zeros(3), torch.ones(c)
     config = Config(("in", "ln", "bn"), 1, 1, 1e-5)
-    for kernel in K.KERNELS:
-        setattr(K, kernel.__name__, Record(kernel))
-    try:
+    with recorded_launches() as launches:
         _, saved, _ = TP.forward(x3, logits, logits, ones, ones, config, None, None,
                                  (torch.zeros(c), torch.ones(c), 0.1, 1.0), save=True)
         TP.backward(torch.randn_like(x3), x3, logits, logits, ones, config, None, saved)
-    finally:
-        for kernel in K.KERNELS:
-            setattr(K, kernel.__name__, kernel)
     return launches
 
 

@@ -51,11 +51,12 @@ def test_eval_deploy_figure_compares_sn_sparse_sn_and_frozen(capsys):
 def test_launch_cost_table_without_a_gpu():
     """bench.launch_cost times every launch of a training step on Triton's own path and through
     sn.triton_launch, with a stand-in driver (no GPU): one row per launch, each time positive."""
-    pytest.importorskip("triton")
+    pytest.importorskip("triton", reason="bench.launch_cost times Triton's launches (triton ships with torch)")
     import os
 
     if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("the stand-in driver is for machines without a GPU, and compiles (no interpreter)")
+        pytest.skip("bench.launch_cost stands in for a GPU's driver: on a GPU machine bench.host_profile times the "
+                    "real launches, and under TRITON_INTERPRET=1 nothing is compiled to launch")
     from bench import launch_cost
 
     rows = launch_cost.main(["--calls", "20"])
@@ -73,7 +74,7 @@ def test_launch_count_table_from_the_command_line():
     import sys
     from pathlib import Path
 
-    pytest.importorskip("triton")
+    pytest.importorskip("triton", reason="bench.launches counts the Triton kernels' launches (triton ships with torch)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-m", "bench.launches", "--detail"], cwd=Path(__file__).parent.parent,
                           env=env, capture_output=True, text=True, timeout=300)

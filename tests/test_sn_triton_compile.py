@@ -21,6 +21,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
+from bench.launch_cost import recorded_launches  # noqa: E402
 from sn import triton_kernels as K  # noqa: E402
 from sn import triton_path as TP  # noqa: E402
 from sn.config import Config  # noqa: E402
@@ -35,32 +36,10 @@ CONFIGS = [  # (stats, groups, devices, training): every branch of the kernels' 
 ]
 
 
-class _Recorder:
-    def __init__(self, fn, launches):
-        self.fn, self.launches = fn, launches
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.launches.append((self.fn, args, kwargs))
-
-
-class _recording:
-    """Within the block, the kernels of sn.triton_kernels record their launches instead of running."""
-
-    def __enter__(self):
-        self.launches = []
-        for kernel in K.KERNELS:
-            setattr(K, kernel.__name__, _Recorder(kernel, self.launches))
-        return self.launches
-
-    def __exit__(self, *exc):
-        for kernel in K.KERNELS:
-            setattr(K, kernel.__name__, kernel)
-
-
 def _launches():
     """Every distinct kernel launch of sn.triton_path's forward and backward over the cases
-    below (recorded, not run)."""
-    with _recording() as launches:
+    below (recorded, not run): ``(kernel, args, constexprs)``."""
+    with recorded_launches() as launches:
         for dtype in TP.DTYPES:
             for shape in ((2, 64, 3, 5), (4, 256, 14, 14), (32, 64, 56, 56)):  # L = 15, 196, 3136
                 for layout in (torch.contiguous_format, torch.channels_last):
@@ -70,7 +49,7 @@ def _launches():
                     every = dtype == torch.float32 and layout == torch.contiguous_format
                     for stats, groups, devices, training in CONFIGS if every else CONFIGS[1:2]:
                         _record_step(x3, stats, groups, devices, training)
-    return launches
+    return [(fn, args, kwargs) for fn, _, args, kwargs in launches]
 
 
 def _rows_view(x, layout):
@@ -143,9 +122,9 @@ def test_the_pass_over_the_data_loads_128_bits_at_a_time(layout):
     NCHW and along the channels for channels_last). A tile laid across the contiguous axis gives
     32- or 64-bit loads a warp cannot coalesce: this guards the tiling's choice."""
     x3 = _rows_view(torch.empty(32, 64, 56, 56), layout)
-    with _recording() as launches:
+    with recorded_launches() as launches:
         TP.forward(x3, torch.zeros(3), torch.zeros(3), None, None, Config(("in", "ln", "bn")), None, None)
-    fn, args, kwargs = launches[0]
+    fn, _, args, kwargs = launches[0]
     src, options, _ = _source(fn, args, kwargs, TARGETS[1])
     ptx = triton.compile(src, target=TARGETS[1], options=options.__dict__).asm["ptx"]
     tile = kwargs["ROWS"] * kwargs["BLOCK"]

@@ -140,7 +140,9 @@ def _same_launch(a, b):
 
 
 @pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(),
-                    reason="stands in for a GPU: on a GPU the launches run (the test below)")
+                    reason="the stand-in driver replaces a GPU's; on a GPU machine the steps run for real "
+                           "(test_steps_with_direct_launches_match_triton_s_own_bit_for_bit), and under "
+                           "TRITON_INTERPRET=1 nothing is compiled to launch")
 def test_direct_launches_hand_triton_s_launcher_what_its_own_path_does():
     """With Triton's driver replaced by one that compiles for sm_90 and records launches
     (bench.launch_cost.recording_driver): for every launch sn.triton_path makes (the cases of
@@ -165,7 +167,9 @@ def test_direct_launches_hand_triton_s_launcher_what_its_own_path_does():
 
 
 @pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(),
-                    reason="stands in for a GPU: on a GPU the launches run (the test below)")
+                    reason="the stand-in driver replaces a GPU's; on a GPU machine the steps run for real "
+                           "(test_steps_with_direct_launches_match_triton_s_own_bit_for_bit), and under "
+                           "TRITON_INTERPRET=1 nothing is compiled to launch")
 def test_sn_s_direct_launches_hand_triton_s_launcher_what_its_own_path_does(monkeypatch):
     """sn.triton_path's own launches (keyed by call site) with direct launches on, under the
     stand-in driver: two training steps of every statistic set in both layouts (the second
