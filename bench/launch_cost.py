@@ -173,7 +173,8 @@ def main(argv=None):
     (own, direct), (own_eval, direct_eval) = step_host_time(args.calls // 10)
     print(f"\nOne layer on the host, (32, 256, 14, 14), IN/LN/BN (autograd, sn's Python, the launches): a training "
           f"step {own:.0f} us on Triton's path, {direct:.0f} us direct as sn.triton_path launches "
-          f"({direct / own:.2f}x); an eval call {own_eval:.0f} us, {direct_eval:.0f} us ({direct_eval / own_eval:.2f}x)")
+          f"({direct / own:.2f}x); an eval call {own_eval:.0f} us, {direct_eval:.0f} us "
+          f"({direct_eval / own_eval:.2f}x)")
     return rows
 
 
