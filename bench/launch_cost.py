@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 
@@ -39,24 +40,31 @@ class _RecordingLauncher:
             _RecordingLauncher.calls.append(args)
 
 
+def _triton_version() -> tuple:
+    return tuple(int(part) for part in triton.__version__.split(".")[:2])
+
+
 class _Utils:
     def get_device_properties(self, device):
         return {"max_shared_mem": 232448, "multiprocessor_count": 132, "max_num_regs": 65536, "warpSize": 32,
                 "sm_clock_rate": 1980000, "mem_clock_rate": 2619000, "mem_bus_width": 5120}
 
     def load_binary(self, name, kernel, shared, device):
-        return 1, 1, 0, 0, 1024  # (module, function, registers, spills, threads: never used to launch)
+        # (module, function, registers, spills[, threads]: never used to launch; Triton < 3.4 takes four)
+        return (1, 1, 0, 0, 1024) if _triton_version() >= (3, 4) else (1, 1, 0, 0)
 
     def unload_module(self, module):
         pass
 
 
 class RecordingDriver:
-    """Triton's active driver while no GPU is there: an sm_90 target, device 0, stream 0."""
+    """Triton's active driver while no GPU is there: an sm_``arch`` target (90 unless told),
+    device 0, stream 0."""
 
-    def __init__(self):
+    def __init__(self, arch: int = 90):
         self.utils = _Utils()
         self.launcher_cls = _RecordingLauncher
+        self.arch = arch
 
     def get_current_device(self):
         return 0
@@ -65,32 +73,35 @@ class RecordingDriver:
         return 0
 
     def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
+        return GPUTarget("cuda", self.arch, 32)
 
     def get_active_torch_device(self):
         return torch.device("cpu")
 
 
 @contextlib.contextmanager
-def recording_driver(record=True):
-    """Within the block Triton compiles sn's kernels for sm_90 and records their launches (the
-    argument lists its launcher gets) in the yielded list (``record``; else drops them). On
+def recording_driver(record=True, arch: int = 90):
+    """Within the block Triton compiles sn's kernels for sm_``arch`` and records their launches
+    (the argument lists its launcher gets) in the yielded list (``record``; else drops them). On
     leaving, the programs compiled for the stand-in driver are dropped from Triton's and
-    ``sn.triton_launch``'s in-memory caches, so that no later launch on a real GPU can find one."""
+    ``sn.triton_launch``'s in-memory caches, so that no later launch on a real GPU can find one.
+    Works with Triton 3.0 to 3.8 (``bench.triton_versions`` runs it under each)."""
     if torch.cuda.is_available():
         raise RuntimeError("recording_driver stands in for a GPU; this machine has one: measure on it instead")
-    before, compiled = driver._active, dict(SNL._COMPILED)
-    driver.set_active(RecordingDriver())
+    # (Triton >= 3.5 keeps the driver in `_active`, made on first read of `active`, which needs a GPU)
+    slot = "_active" if hasattr(driver, "_active") else "active"
+    before, compiled = getattr(driver, slot), dict(SNL._COMPILED)
+    driver.set_active(RecordingDriver(arch))
     _RecordingLauncher.calls = [] if record else None
     try:
         yield _RecordingLauncher.calls
     finally:
         _RecordingLauncher.calls = None
         for kernel in K.KERNELS:
-            kernel.device_caches.clear()
+            (kernel.device_caches if hasattr(kernel, "device_caches") else kernel.cache).clear()
         SNL._COMPILED.clear()
         gc.collect()  # (the programs unload through the driver that loaded them)
-        driver._active = before
+        setattr(driver, slot, before)
         SNL._COMPILED.update(compiled)
 
 

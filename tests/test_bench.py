@@ -65,6 +65,30 @@ def test_launch_cost_table_without_a_gpu():
     assert all(own > 0 and direct > 0 and at > 0 for *_, own, direct, at in rows)
 
 
+def test_triton_versions_compiles_every_launch_under_the_installed_triton(capsys):
+    """bench.triton_versions, asked for the installed release only (no download) and no interpreter
+    run: its row counts every distinct program of the path for sm_80 and sm_90, none failing or
+    spilling (the same launches tests/test_sn_triton_compile.py holds to that)."""
+    triton = pytest.importorskip("triton", reason="bench.triton_versions compiles Triton kernels")
+    import os
+
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("bench.triton_versions stands in for a GPU's driver: it runs on machines without one, and not "
+                    "under TRITON_INTERPRET=1, where nothing is compiled")
+    from bench import triton_versions
+    from sn import triton_kernels as K
+
+    (version, result, interpreted), = triton_versions.main([triton.__version__, "--no-interpreter"])
+    assert version == result["triton"] == triton.__version__ and interpreted == ""
+    assert result["failures"] == 0 and result["errors"] == [] and result["spills"] == []
+    kernels = {name.split()[0] for name in result["registers"]}
+    assert kernels == {k.__name__ for k in K.KERNELS}
+    assert {name.split()[1] for name in result["registers"]} == {"sm_80", "sm_90"}
+    assert result["programs"] >= 2 * 7 * 3 and all(0 < r <= 255 for r in result["registers"].values())
+    out = capsys.readouterr().out
+    assert f"| {triton.__version__} | {result['programs']} | 0 |" in out
+
+
 def test_launch_count_table_from_the_command_line():
     """bench.launches in a process of its own (it switches Triton's interpreter on): BN's three
     operations a training step, the PyTorch-operation path's ~90 and the Triton path's six

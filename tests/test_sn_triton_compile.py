@@ -7,8 +7,6 @@ tests (tests/test_sn_triton.py) check what the kernels compute; this checks that
 gets code, which the interpreter cannot."""
 import os
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,53 +20,25 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from bench.launch_cost import recorded_launches  # noqa: E402
+from bench.triton_versions import path_launches, ptxas_report  # noqa: E402
 from sn import triton_kernels as K  # noqa: E402
 from sn import triton_path as TP  # noqa: E402
 from sn.config import Config  # noqa: E402
 
 TARGETS = (GPUTarget("cuda", 80, 32), GPUTarget("cuda", 90, 32))
-CONFIGS = [  # (stats, groups, devices, training): every branch of the kernels' constexpr flags
-    (("in", "ln", "bn"), 1, 1, True),
-    (("in", "ln", "bn", "gn"), 32, 2, True),  # (every flag on)
-    (("in", "ln", "bn"), 1, 1, False),  # eval: running statistics
-    (("ln", "gn"), 4, 1, True),
-    (("bn",), 1, 1, True),
-]
 
 
 def _launches():
-    """Every distinct kernel launch of sn.triton_path's forward and backward over the cases
-    below (recorded, not run): ``(kernel, args, constexprs)``."""
-    with recorded_launches() as launches:
-        for dtype in TP.DTYPES:
-            for shape in ((2, 64, 3, 5), (4, 256, 14, 14), (32, 64, 56, 56)):  # L = 15, 196, 3136
-                for layout in (torch.contiguous_format, torch.channels_last):
-                    x3 = _rows_view(torch.empty(shape, dtype=dtype), layout)
-                    # every set of statistics on float32 contiguous inputs; the one that takes
-                    # the most registers (every flag on) on the other dtypes and layouts
-                    every = dtype == torch.float32 and layout == torch.contiguous_format
-                    for stats, groups, devices, training in CONFIGS if every else CONFIGS[1:2]:
-                        _record_step(x3, stats, groups, devices, training)
-    return [(fn, args, kwargs) for fn, _, args, kwargs in launches]
+    """Every distinct kind of kernel launch of sn.triton_path's forward and backward (recorded,
+    not run; bench.triton_versions.path_launches, which also compiles them under other Triton
+    releases): ``(kernel, args, constexprs)``."""
+    return [(fn, args, kwargs) for fn, _, args, kwargs in path_launches()]
 
 
 def _rows_view(x, layout):
     """The ``(N, C, L)`` view of ``x`` in ``layout``, as sn.functional makes it."""
     x = x.contiguous(memory_format=layout)
     return x.reshape(x.shape[0], x.shape[1], -1)
-
-
-def _record_step(x3, stats, groups, devices, training):
-    c = x3.shape[1]
-    logits = torch.zeros(len(stats))
-    affine = torch.ones(c, dtype=x3.dtype)
-    config = Config(stats, groups, devices if training else 1, 1e-5)
-    running = (torch.zeros(c), torch.ones(c))
-    bn = (None, None) if training or "bn" not in stats else running
-    update = (*running, 0.1, 1.01) if training and "bn" in stats else None
-    _, saved, _ = TP.forward(x3, logits, logits, affine, affine, config, *bn, update, save=True)
-    for need_dx in (True, False):  # (without dx, the logits' gradients take a kernel of their own)
-        TP.backward(torch.empty_like(x3), x3, logits, logits, affine, config, bn[0], saved, need_dx=need_dx)
 
 
 def _source(fn, args, kwargs, target):
@@ -79,17 +49,6 @@ def _source(fn, args, kwargs, target):
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     key = (fn.__name__, target.arch, repr(signature), repr(constexprs), repr(attrs))
     return ASTSource(fn, signature, constexprs, attrs), options, key
-
-
-def _ptxas_report(ptx: str, tmp: Path) -> str:
-    """ptxas's own account of the kernel (registers, spill stores and loads)."""
-    path = tmp / "kernel.ptx"
-    path.write_text(ptx)
-    tool = Path(triton.backends.nvidia.__path__[0]) / "bin" / "ptxas"
-    arch = re.search(r"^\.target (\S+)", ptx, re.M).group(1)  # (sm_80, sm_90a: the arch Triton wrote for)
-    done = subprocess.run([str(tool), "-v", f"--gpu-name={arch}", str(path), "-o", str(tmp / "kernel.cubin")],
-                          capture_output=True, text=True, check=True)
-    return done.stdout + done.stderr
 
 
 def test_every_launch_compiles_for_sm80_and_sm90_without_spills(tmp_path):
@@ -104,7 +63,7 @@ def test_every_launch_compiles_for_sm80_and_sm90_without_spills(tmp_path):
             seen.add(key)
             compiled = triton.compile(src, target=target, options=options.__dict__)
             assert compiled.metadata.arch == f"sm{target.arch}"
-            report = _ptxas_report(compiled.asm["ptx"], tmp_path)
+            report = ptxas_report(compiled.asm["ptx"], tmp_path)
             what = f"{fn.__name__} for sm{target.arch} ({key[2]}, {key[3]}): {report}"
             spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
             registers = re.search(r"Used (\d+) registers", report)
