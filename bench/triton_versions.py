@@ -177,7 +177,15 @@ def main(argv=None):
         return None
     import triton
 
+    import platform
+
+    import torch
+
     versions = args.versions or [*VERSIONS, triton.__version__]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    print(f"# sn's Triton kernels under Triton releases: torch {torch.__version__}, Python {platform.python_version()}, "
+          f"installed Triton {triton.__version__}, numpy {args.numpy} for the others' interpreters, commit "
+          f"{commit.strip() or 'unknown'}\n")
     rows = []
     for version in dict.fromkeys(versions):
         path = ""
