@@ -36,6 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = ("3.0.0", "3.1.0", "3.2.0", "3.3.1", "3.4.0", "3.5.1", "3.6.0")
 ARCHS = (80, 90)
+CONFIGS = [  # (stats, groups, devices, training): every branch of the kernels' constexpr flags
+    (("in", "ln", "bn"), 1, 1, True),
+    (("in", "ln", "bn", "gn"), 32, 2, True),  # (every flag on)
+    (("in", "ln", "bn"), 1, 1, False),  # eval: running statistics
+    (("ln", "gn"), 4, 1, True),
+    (("bn",), 1, 1, True),
+]
 
 
 def path_launches():
@@ -49,13 +56,6 @@ def path_launches():
     from sn import triton_path as TP
     from sn.config import Config
 
-    configs = [  # (stats, groups, devices, training): every branch of the kernels' constexpr flags
-        (("in", "ln", "bn"), 1, 1, True),
-        (("in", "ln", "bn", "gn"), 32, 2, True),  # (every flag on)
-        (("in", "ln", "bn"), 1, 1, False),  # eval: running statistics
-        (("ln", "gn"), 4, 1, True),
-        (("bn",), 1, 1, True),
-    ]
     with recorded_launches() as launches:
         for dtype in TP.DTYPES:
             for shape in ((2, 64, 3, 5), (4, 256, 14, 14), (32, 64, 56, 56)):
@@ -63,7 +63,7 @@ def path_launches():
                     x = torch.empty(shape, dtype=dtype).contiguous(memory_format=layout)
                     x3 = x.reshape(shape[0], shape[1], -1)  # (the (N, C, L) view sn.functional makes)
                     every = dtype == torch.float32 and layout == torch.contiguous_format
-                    for stats, groups, devices, training in configs if every else configs[1:2]:
+                    for stats, groups, devices, training in CONFIGS if every else CONFIGS[1:2]:
                         c = shape[1]
                         logits = torch.zeros(len(stats))
                         affine = torch.ones(c, dtype=dtype)

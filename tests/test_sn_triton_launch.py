@@ -95,7 +95,8 @@ def test_sn_s_call_site_keys_determine_triton_s_specialization(monkeypatch):
     caller gives (input, output gradient, logits, affine parameters, running statistics) moved off
     its 16-byte alignment in turn, launches with the same key get the same specialization from
     Triton's binder (and misaligning a given tensor does change it: the keys must see it)."""
-    from test_sn_triton_compile import CONFIGS, TARGETS, _rows_view
+    from bench.triton_versions import CONFIGS
+    from test_sn_triton_compile import TARGETS, _rows_view
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
@@ -176,7 +177,8 @@ def test_sn_s_direct_launches_hand_triton_s_launcher_what_its_own_path_does(monk
     launches every program directly), then each of those launches again on Triton's own path;
     the launcher gets the same from both."""
     from bench.launch_cost import recording_driver
-    from test_sn_triton_compile import CONFIGS, _rows_view
+    from bench.triton_versions import CONFIGS
+    from test_sn_triton_compile import _rows_view
 
     made, launch = [], SNL._launch
 
