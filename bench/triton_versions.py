@@ -4,7 +4,7 @@ project's oldest) brings Triton 3.0, torch 2.14 Triton 3.8.
 
     .venv/bin/python -m bench.triton_versions [VERSION ...] [--cache DIR] [--no-interpreter]
 
-For each version (default: 3.0.0 3.1.0 3.2.0 3.3.1 3.4.0 3.5.1 3.6.0 and the installed one),
+For each version (default: 3.0.0 3.1.0 3.2.0 3.3.1 3.4.0 3.5.1 3.6.0 3.7.1 and the installed one),
 ``pip download`` fetches its wheel once into ``--cache``, which is unpacked there; then, in a
 process with that release first on the path:
 
@@ -16,7 +16,10 @@ process with that release first on the path:
    registers, and register spills;
 2. ``tests/test_sn_triton.py`` runs in that release's interpreter (``TRITON_INTERPRET=1``) on
    CPU tensors against float64 (with numpy ``--numpy``: the interpreters of Triton 3.2 to 3.5
-   fail on numpy 2.4's stricter scalar conversion, an incompatibility of theirs).
+   fail on numpy 2.4's stricter scalar conversion, an incompatibility of theirs);
+3. ``tests/test_sn_triton_launch.py`` runs there: ``sn.triton_launch``'s direct launches against
+   that release's binder and launcher protocol (with the stand-in driver), or, under a release
+   outside :data:`sn.triton_launch.VERIFIED`, its fallback to Triton's own path.
 
 It needs the package index (``pip download``), so it is a maintainer's check, not a test;
 ``tests/test_bench.py`` runs step 1 under the installed Triton.
@@ -34,7 +37,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VERSIONS = ("3.0.0", "3.1.0", "3.2.0", "3.3.1", "3.4.0", "3.5.1", "3.6.0")
+VERSIONS = ("3.0.0", "3.1.0", "3.2.0", "3.3.1", "3.4.0", "3.5.1", "3.6.0", "3.7.1")
 ARCHS = (80, 90)
 CONFIGS = [  # (stats, groups, devices, training): every branch of the kernels' constexpr flags
     (("in", "ln", "bn"), 1, 1, True),
@@ -150,9 +153,14 @@ def _wheel_dir(package: str, version: str, cache: Path) -> Path:
     return target
 
 
-def _interpreter_tests(path: str) -> str:
-    env = dict(os.environ, PYTHONPATH=path, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_sn_triton.py"],
+def _tests(path: str, test_file: str, interpreted: bool) -> str:
+    """The summary line of ``pytest test_file`` with ``path`` first on the path (and Triton's
+    interpreter on or off), with the first error where any test failed."""
+    env = dict(os.environ, PYTHONPATH=path)
+    env.pop("TRITON_INTERPRET", None)
+    if interpreted:
+        env["TRITON_INTERPRET"] = "1"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if re.search(r"\d+ (passed|failed)", line)]
     summary = lines[-1].strip("= ") if lines else f"exit {done.returncode}"
@@ -169,7 +177,7 @@ def main(argv=None):
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "switchnorm" / "triton-wheels",
                         help="where wheels are downloaded and unpacked")
     parser.add_argument("--numpy", default="2.2.6", help="numpy for the other releases' interpreters (default 2.2.6)")
-    parser.add_argument("--no-interpreter", action="store_true", help="only compile (step 1)")
+    parser.add_argument("--no-interpreter", action="store_true", help="only compile (step 1): no test runs")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)  # (step 1 in this process)
     args = parser.parse_args(argv)
     if args.inner:
@@ -198,24 +206,26 @@ def main(argv=None):
                               capture_output=True, text=True)
         if done.returncode:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-            rows.append((version, None, f"could not run: {tail}"))
+            rows.append((version, None, f"could not run: {tail}", ""))
             continue
         result = json.loads(done.stdout.strip().splitlines()[-1])
         if result["triton"] != version:
             raise RuntimeError(f"asked for Triton {version}, the process ran {result['triton']}")
-        interpreted = "" if args.no_interpreter else _interpreter_tests(path)
-        rows.append((version, result, interpreted))
-    print("| Triton | programs compiled (sm_80, sm_90) | failures | most registers | spills | interpreter tests |")
-    print("|---|---|---|---|---|---|")
-    for version, result, interpreted in rows:
+        interpreted = "" if args.no_interpreter else _tests(path, "tests/test_sn_triton.py", True)
+        direct = "" if args.no_interpreter else _tests(path, "tests/test_sn_triton_launch.py", False)
+        rows.append((version, result, interpreted, direct))
+    print("| Triton | programs compiled (sm_80, sm_90) | failures | most registers | spills | interpreter tests | "
+          "direct-launch tests |")
+    print("|---|---|---|---|---|---|---|")
+    for version, result, interpreted, direct in rows:
         if result is None:
-            print(f"| {version} | | | | | {interpreted} |")
+            print(f"| {version} | | | | | {interpreted} | |")
             continue
         most = max(result["registers"].items(), key=lambda item: item[1]) if result["registers"] else ("-", 0)
         print(f"| {version} | {result['programs']} | {result['failures']} | {most[1]} ({most[0]}) | "
-              f"{', '.join(result['spills']) or 'none'} | {interpreted or '-'} |")
+              f"{', '.join(result['spills']) or 'none'} | {interpreted or '-'} | {direct or '-'} |")
         for error in result["errors"][:5]:
-            print(f"|  | {error} | | | | |")
+            print(f"|  | {error} | | | | | |")
     return rows
 
 

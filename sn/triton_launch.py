@@ -17,15 +17,41 @@ Run the steps within ``with direct():``, set :data:`ENABLED` to ``True``, or sta
 ``SN_TRITON_DIRECT=1`` in the environment, to use it. It stays off until a GPU measurement shows
 it ahead (``bench/bench_sn.py --device cuda`` times both); without a GPU (Triton's interpreter)
 calls always take Triton's own path.
+
+How a compiled program is launched is Triton's internal protocol, which has changed between
+releases (up to Triton 3.2 the launcher took the runtime arguments alone, from 3.3 on the
+constexprs too). Direct launches are made only under the releases :data:`VERIFIED` names
+(``bench/triton_versions.py`` runs ``tests/test_sn_triton_launch.py`` under each); under any other
+every launch takes Triton's own path, with a warning once, when they are switched on.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 from torch import Tensor
 
 ENABLED = os.environ.get("SN_TRITON_DIRECT", "0").strip().lower() in ("1", "true", "yes", "on")
+VERIFIED = ((3, 3), (3, 8))  # (the first and last Triton (major, minor) whose launch protocol is checked)
+
+
+def _release(version: str) -> tuple:
+    return tuple(int(part) for part in version.split(".")[:2])
+
+
+_SUPPORTED = None  # (supported(), once triton is imported: sn imports this module without it)
+_WARNED = []
+
+
+def supported() -> bool:
+    """Whether the installed Triton is one of the :data:`VERIFIED` releases."""
+    global _SUPPORTED
+    if _SUPPORTED is None:
+        import triton
+
+        _SUPPORTED = VERIFIED[0] <= _release(triton.__version__) <= VERIFIED[1]
+    return _SUPPORTED
 _MAX_ENTRIES = 4096  # (one per distinct call: shapes, dtypes, alignments; cleared when full)
 _COMPILED: dict = {}
 
@@ -66,6 +92,16 @@ def _launch(kernel, grid, site, args, constexprs) -> None:
     if not ENABLED or names is None:  # (off; or a wrapper of the kernel, e.g. a test's launch recorder)
         kernel[grid](*args, **constexprs)
         return
+    if not (_SUPPORTED or supported()):  # (a Triton release whose launch protocol is not checked)
+        if not _WARNED:
+            import triton
+
+            _WARNED.append(True)
+            (first, last) = (".".join(map(str, release)) for release in VERIFIED)
+            warnings.warn(f"sn.triton_launch: direct launches are checked with Triton {first} to {last}; with Triton "
+                          f"{triton.__version__} every launch takes Triton's own path", RuntimeWarning, stacklevel=3)
+        kernel[grid](*args, **constexprs)
+        return
     # (the kernel by id: hashing a JITFunction is slow; the entry keeps it, and a hit checks it)
     key = (id(kernel), (args[0].device.index, spec_key(args)) if site is None else site, tuple(constexprs.items()))
     entry = _COMPILED.get(key)
@@ -96,4 +132,4 @@ def direct(enabled: bool = True):
         ENABLED = before
 
 
-__all__ = ["ENABLED", "direct", "launch", "launch_at", "spec_key", "tensor_key"]
+__all__ = ["ENABLED", "VERIFIED", "direct", "launch", "launch_at", "spec_key", "supported", "tensor_key"]

@@ -78,8 +78,8 @@ def test_triton_versions_compiles_every_launch_under_the_installed_triton(capsys
     from bench import triton_versions
     from sn import triton_kernels as K
 
-    (version, result, interpreted), = triton_versions.main([triton.__version__, "--no-interpreter"])
-    assert version == result["triton"] == triton.__version__ and interpreted == ""
+    (version, result, interpreted, direct), = triton_versions.main([triton.__version__, "--no-interpreter"])
+    assert version == result["triton"] == triton.__version__ and interpreted == direct == ""
     assert result["failures"] == 0 and result["errors"] == [] and result["spills"] == []
     kernels = {name.split()[0] for name in result["registers"]}
     assert kernels == {k.__name__ for k in K.KERNELS}

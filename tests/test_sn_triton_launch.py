@@ -16,6 +16,9 @@ import sn  # noqa: E402
 from sn import triton_launch as SNL  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+verified = pytest.mark.skipif(
+    not SNL.supported(), reason=f"Triton {triton.__version__} is not a release direct launches are checked with (its "
+                                f"binder and launcher differ): test_direct_launches_fall_back_under_other_releases")
 
 
 def _misaligned(t):
@@ -27,6 +30,7 @@ def _misaligned(t):
     return view
 
 
+@verified
 @pytest.mark.skipif(INTERPRETED, reason="Triton's binder for a real GPU target (the interpreter binds nothing)")
 def test_the_cache_key_is_finer_than_triton_s_specialization():
     """For every launch sn.triton_path makes (three dtypes, both layouts, five statistic sets), and
@@ -88,6 +92,7 @@ def _given_tensors_step(x3, stats, groups, devices, training, off):
         TP.backward(given("g", torch.empty_like(x3)), x3, *logits, weight, config, bn[0], saved, need_dx=need_dx)
 
 
+@verified
 @pytest.mark.skipif(INTERPRETED, reason="Triton's binder for a real GPU target (the interpreter binds nothing)")
 def test_sn_s_call_site_keys_determine_triton_s_specialization(monkeypatch):
     """sn.triton_path keys its launches by call site (sn.triton_launch.launch_at): over every
@@ -140,6 +145,7 @@ def _same_launch(a, b):
     return True
 
 
+@verified
 @pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(),
                     reason="the stand-in driver replaces a GPU's; on a GPU machine the steps run for real "
                            "(test_steps_with_direct_launches_match_triton_s_own_bit_for_bit), and under "
@@ -167,6 +173,7 @@ def test_direct_launches_hand_triton_s_launcher_what_its_own_path_does():
     assert direct > 100 and SNL._COMPILED == before  # (the stand-in's programs are gone)
 
 
+@verified
 @pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(),
                     reason="the stand-in driver replaces a GPU's; on a GPU machine the steps run for real "
                            "(test_steps_with_direct_launches_match_triton_s_own_bit_for_bit), and under "
@@ -230,6 +237,7 @@ class _Kernel:
         return run
 
 
+@verified
 def test_launch_reuses_a_program_only_for_calls_triton_would_compile_alike(monkeypatch):
     kernel = _Kernel()
     monkeypatch.setattr(SNL, "_COMPILED", {})
@@ -256,6 +264,27 @@ def test_launch_reuses_a_program_only_for_calls_triton_would_compile_alike(monke
         for bad in (dict(eps=0.5, BLOCK=32, FLAG=True), dict(BLOCK=32)):  # (a runtime argument by keyword; none)
             with pytest.raises(TypeError, match="runtime arguments by position and every constexpr by keyword"):
                 SNL.launch(kernel, (4,), x, 10, **bad)
+
+
+def test_direct_launches_fall_back_under_other_releases(monkeypatch):
+    """Under a Triton release whose launch protocol is not checked (up to 3.2 the launcher took the
+    runtime arguments alone; later ones may change again), switching direct launches on warns once
+    and every launch takes Triton's own path."""
+    first, last = SNL.VERIFIED
+    assert SNL.supported() == (first <= SNL._release(triton.__version__) <= last)
+    assert SNL._release("3.2.0") < first <= SNL._release("3.3.1") and SNL._release("3.8.0+git1a2b") <= last
+    kernel = _Kernel()
+    monkeypatch.setattr(SNL, "_COMPILED", {})
+    monkeypatch.setattr(SNL, "_SUPPORTED", False)
+    monkeypatch.setattr(SNL, "_WARNED", [])
+    x = torch.zeros(64)
+    with SNL.direct(), pytest.warns(RuntimeWarning, match=f"with Triton {triton.__version__} every launch takes "
+                                                          f"Triton's own path") as caught:
+        for _ in range(3):
+            SNL.launch(kernel, (4,), x, 10, 0.5, BLOCK=32, FLAG=True)
+            SNL.launch_at(("site",), kernel, (4,), x, 10, 0.5, BLOCK=32, FLAG=True)
+    assert [c[0] for c in kernel.calls] == ["triton"] * 6 and SNL._COMPILED == {}
+    assert len([w for w in caught if "sn.triton_launch" in str(w.message)]) == 1
 
 
 @pytest.mark.parametrize("value,enabled", [("1", True), ("on", True), ("0", False), ("", False)])
