@@ -9,7 +9,6 @@ model has one graph with SN in it and SN runs at the kernels' speed; elsewhere i
 plain operations instead (GPUs, no kernels). The choice is made in
 :func:`sn.functional.select_implementation`.
 """
-from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 

@@ -19,7 +19,6 @@ Changing the operators' arguments or outputs needs new operator names: ``torch.c
 on-disk caches know a custom operator by its name alone and would serve graphs compiled against
 the former operators (``tests/conftest.py`` gives each test run a cache of its own).
 """
-from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
