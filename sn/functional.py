@@ -51,6 +51,14 @@ from .selection import check_selector, effective_logits, max_radius
 PREFERENCES = ("auto", "native", "torch", "triton", "composite")
 _FULL_PRECISION = (torch.float32, torch.float64)
 _PREFERENCE: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("sn_implementation", default=None)
+# Before torch 2.14 (checked on 2.7) dynamo cannot trace `ContextVar.get` (a graph break; strict
+# torch.export stops). There compiled code reads the preference from this mirror instead, a global
+# that dynamo guards on: the innermost `implementation` block entered in any thread. (It only picks
+# among implementations, which compute the same function. On 2.7 dynamo also answers
+# `torch.compiler.is_exporting()` with True whenever it traces, so compiled SN takes the composite
+# form there, as exported SN must.)
+_OLD_DYNAMO = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14)
+_COMPILED_PREFERENCE: Optional[str] = None
 
 
 def _environment_preference() -> str:
@@ -80,17 +88,22 @@ def implementation(name: str):
     for CUDA tensors; an error elsewhere) or ``"composite"``. A layer's own ``implementation=``
     argument takes precedence.
     """
+    global _COMPILED_PREFERENCE
     token = _PREFERENCE.set(check_preference(name))
+    mirrored, _COMPILED_PREFERENCE = _COMPILED_PREFERENCE, name
     try:
         yield
     finally:
         _PREFERENCE.reset(token)
+        _COMPILED_PREFERENCE = mirrored
 
 
 def preference(requested: Optional[str] = None) -> str:
     """The preference in force: ``requested``, else :func:`implementation`'s, else the environment's."""
     if requested is not None:
         return check_preference(requested)
+    if _OLD_DYNAMO and torch.compiler.is_compiling():
+        return _COMPILED_PREFERENCE or _ENVIRONMENT
     return _PREFERENCE.get() or _ENVIRONMENT
 
 
