@@ -52,6 +52,8 @@ def supported() -> bool:
 
         _SUPPORTED = VERIFIED[0] <= _release(triton.__version__) <= VERIFIED[1]
     return _SUPPORTED
+
+
 _MAX_ENTRIES = 4096  # (one per distinct call: shapes, dtypes, alignments; cleared when full)
 _COMPILED: dict = {}
 
