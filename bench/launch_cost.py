@@ -40,10 +40,6 @@ class _RecordingLauncher:
             _RecordingLauncher.calls.append(args)
 
 
-def _triton_version() -> tuple:
-    return tuple(int(part) for part in triton.__version__.split(".")[:2])
-
-
 class _Utils:
     def get_device_properties(self, device):
         return {"max_shared_mem": 232448, "multiprocessor_count": 132, "max_num_regs": 65536, "warpSize": 32,
@@ -51,7 +47,7 @@ class _Utils:
 
     def load_binary(self, name, kernel, shared, device):
         # (module, function, registers, spills[, threads]: never used to launch; Triton < 3.4 takes four)
-        return (1, 1, 0, 0, 1024) if _triton_version() >= (3, 4) else (1, 1, 0, 0)
+        return (1, 1, 0, 0, 1024) if SNL._release(triton.__version__) >= (3, 4) else (1, 1, 0, 0)
 
     def unload_module(self, module):
         pass

@@ -119,7 +119,8 @@ def test_compiled_code_follows_the_implementation_context(monkeypatch, old_dynam
     from sn import functional as SNF
 
     if SNF._OLD_DYNAMO and not old_dynamo:
-        pytest.skip(f"the dynamo of torch {torch.__version__} cannot trace a ContextVar: SN reads the mirror there")
+        pytest.skip(f"torch {torch.__version__}'s compiler cannot read the preference's ContextVar, so SN never takes "
+                    f"that path here; the 'mirror' case of this test checks the path it takes")
     monkeypatch.setattr(SNF, "_OLD_DYNAMO", old_dynamo)
     layer = _layer().eval()
     x = torch.randn(4, 8, 5, 5)
